@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-all venv clean
+
+venv: $(VENV)/.installed
+
+# torch is installed first and pinned: the CPU build (2.13.0) lies on local disk here,
+# and nothing after it may pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+## Build the tiny preset, turn real photographs (skimage.data) into WAVs, print timings.
+demo: venv
+	$(PY) -m runtime.demo --out out/demo
+
+## The test suite (what CI runs).
+test: venv
+	$(PY) -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) out

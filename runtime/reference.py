@@ -1,0 +1,204 @@
+"""The PyTorch reference pipeline: images -> CLIP -> projector -> MusicGen -> EnCodec -> audio.
+
+This is the oracle every exported engine is checked against, so it runs
+transformers' own ``MusicgenForConditionalGeneration.generate`` (delay pattern,
+classifier-free guidance, temperature / top-k / top-p sampling) and its EnCodec
+decoder. torch is allowed here and only here in ``runtime/``.
+
+The projector's output replaces the T5 encoder's: ``generate`` is called exactly as
+for a text prompt, with the text encoder swapped for one that returns the
+conditioning (:class:`_FixedEncoder`). transformers then builds the null branch for
+guidance (zero states, zero mask) just as it does for text, so the reference is the
+text path with only the encoder's output changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from runtime.delay_pattern import frames_for_seconds, steps_for_frames
+from runtime.errors import Img2MusicError
+from runtime.preprocess import ImageLike, preprocess_images
+from runtime.sampling import SamplingConfig
+from runtime.timing import StageTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReferenceResult:
+    """Audio for a batch of images, with what was chosen and how long each stage took."""
+
+    audio: np.ndarray
+    """(B, samples) float32 waveforms."""
+    sample_rate: int
+    """Samples per second of ``audio``."""
+    codes: np.ndarray
+    """(B, K, F) int64 audio codes after un-delaying."""
+    directives: list[str] | None
+    """The prompt-bank directive chosen per image (None for a trained projector)."""
+    timer: StageTimer
+    """Seconds spent per stage."""
+
+
+class ReferencePipeline:
+    """Runs the whole image-to-music path in PyTorch eager."""
+
+    def __init__(self, models, projector=None) -> None:
+        import torch
+
+        self.torch = torch
+        self.models = models
+        if projector is None:
+            from training.projector import PromptBankProjector
+            from training.prompt_bank import build_prompt_bank
+
+            projector = PromptBankProjector(build_prompt_bank(models))
+        self.projector = projector
+
+    @property
+    def max_frames(self) -> int:
+        """Longest output of one ``generate`` call: the decoder's trained positions."""
+        k = self.models.num_codebooks
+        return int(self.models.musicgen.config.decoder.max_position_embeddings) - k
+
+    def embed_images(self, pixel_values: np.ndarray):
+        """(B, 3, H, W) CLIP pixels -> (B, D_clip) image embeddings."""
+        with self.torch.inference_mode():
+            out = self.models.clip.get_image_features(pixel_values=self.torch.from_numpy(pixel_values))
+        return getattr(out, "pooler_output", out)
+
+    def generate_codes(
+        self,
+        conditioning,
+        mask,
+        frames: int,
+        sampling: SamplingConfig,
+        on_step: Callable[[], None] | None = None,
+    ):
+        """Conditioning (B, N, D_t5) + mask (B, N) -> (B, K, frames) codes via ``generate``."""
+        torch = self.torch
+        if not 1 <= frames <= self.max_frames:
+            raise Img2MusicError(
+                f"one pass generates 1 to {self.max_frames} frames "
+                f"({self.max_frames / self.models.frame_rate:.1f} s); asked for {frames}"
+            )
+        mg = self.models.musicgen
+        k = self.models.num_codebooks
+        kwargs = dict(
+            max_length=frames + k,  # start token + frames + (K-1) delay steps
+            do_sample=not sampling.greedy,
+            guidance_scale=sampling.guidance_scale if sampling.uses_guidance else None,
+            num_return_sequences=1,
+            decoder_start_token_id=mg.generation_config.decoder_start_token_id,
+            pad_token_id=mg.generation_config.pad_token_id,
+            bos_token_id=mg.generation_config.bos_token_id,
+            return_dict_in_generate=True,
+        )
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k)
+            if 0.0 < sampling.top_p < 1.0:
+                kwargs["top_p"] = sampling.top_p
+        capture = _CodeCapture()
+        # One decoder forward per step; generate() does not forward `streamer` in this
+        # transformers version, so progress comes from a hook on the decoder.
+        hook = None
+        if on_step is not None:
+
+            def count_step(*_) -> None:  # a forward hook must return None to keep the output
+                on_step()
+
+            hook = mg.decoder.register_forward_hook(count_step)
+        torch.manual_seed(sampling.seed)
+        placeholder_ids = torch.zeros(mask.shape, dtype=torch.long)  # never read: the encoder is fixed
+        with self._swapped(conditioning, capture), torch.inference_mode():
+            try:
+                mg.generate(input_ids=placeholder_ids, attention_mask=mask, **kwargs)
+            finally:
+                if hook is not None:
+                    hook.remove()
+        return capture.codes[0]  # (1, B, K, F) -> (B, K, F)
+
+    def decode_audio(self, codes) -> np.ndarray:
+        """(B, K, F) codes -> (B, F * hop) float32 audio, as ``generate`` decodes them."""
+        with self.torch.inference_mode():
+            audio = self.models.musicgen.audio_encoder.decode(codes[None], [None] * codes.shape[0]).audio_values
+        return audio[:, 0].float().numpy()  # (B, samples)
+
+    @contextmanager
+    def _swapped(self, conditioning, capture: "_CodeCapture") -> Iterator[None]:
+        """Text encoder -> fixed conditioning; audio decoder -> code capture (decoded separately)."""
+        mg = self.models.musicgen
+        text_encoder, audio_encoder = mg.text_encoder, mg.audio_encoder
+        mg.text_encoder = _FixedEncoder(conditioning, text_encoder.config)
+        mg.audio_encoder = capture
+        try:
+            yield
+        finally:
+            mg.text_encoder, mg.audio_encoder = text_encoder, audio_encoder
+
+    def __call__(
+        self,
+        images: Sequence[ImageLike],
+        seconds: float,
+        sampling: SamplingConfig | None = None,
+        on_step: Callable[[], None] | None = None,
+    ) -> ReferenceResult:
+        sampling = sampling or SamplingConfig()
+        timer = StageTimer()
+        frames = frames_for_seconds(seconds, self.models.frame_rate)
+        with timer.stage("preprocess"):
+            pixels = preprocess_images(images, self.models.image_config)
+        with timer.stage("clip"):
+            image_embeds = self.embed_images(pixels)
+        with timer.stage("projector"):
+            cond = self.projector(image_embeds)
+        with timer.stage("decoder"):
+            codes = self.generate_codes(cond.conditioning, cond.mask, frames, sampling, on_step)
+        with timer.stage("encodec"):
+            audio = self.decode_audio(codes)
+        return ReferenceResult(audio, self.models.sample_rate, codes.numpy(), cond.directives, timer)
+
+
+def _torch_module_base():
+    from torch import nn
+
+    return nn.Module
+
+
+class _FixedEncoder(_torch_module_base()):
+    """Stands in for MusicGen's T5 encoder and returns a given conditioning."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self, hidden_states, config) -> None:
+        super().__init__()
+        self.hidden_states = hidden_states  # (B, N, D_t5)
+        self.config = config
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return BaseModelOutput(last_hidden_state=self.hidden_states)
+
+    def get_output_embeddings(self):
+        return None
+
+
+class _CodeCapture(_torch_module_base()):
+    """Stands in for EnCodec inside ``generate``: keeps the codes, decodes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes = None
+
+    def decode(self, audio_codes, audio_scales=None, **kwargs):
+        from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
+
+        self.codes = audio_codes.clone()  # (1, B, K, F)
+        return EncodecDecoderOutput(audio_values=audio_codes.new_zeros((audio_codes.shape[1], 1, 0)).float())

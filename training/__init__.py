@@ -1,0 +1,1 @@
+"""img2music training: Study II dataset construction, projector models, losses, training, evaluation."""

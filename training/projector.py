@@ -1,0 +1,87 @@
+"""Projectors: CLIP image embedding (B, D_clip) -> conditioning tokens (B, N, D_t5) + mask (B, N).
+
+The conditioning lives in T5 space (768 for t5-base); MusicGen's own ``enc_to_dec_proj``
+maps it to the decoder width, so one projector serves every MusicGen size.
+
+- :class:`MLPProjector`: the thesis' Study II network (Linear -> LayerNorm -> ReLU ->
+  Dropout -> Linear, hidden 768), generalised to N output tokens (N=1 is the pooled form).
+- :class:`PromptBankProjector`: zero-shot, no training; picks the directive whose CLIP
+  text embedding best matches the image and returns that directive's T5 encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from runtime.prompt_bank import PromptBank
+
+
+@dataclass
+class ProjectorOutput:
+    """Conditioning for MusicGen's cross-attention, in T5 space."""
+
+    conditioning: torch.Tensor
+    """(B, N, D_t5) float conditioning tokens (zero where the mask is 0)."""
+    mask: torch.Tensor
+    """(B, N) int64 attention mask."""
+    directives: list[str] | None = None
+    """The chosen directive per image (prompt bank only)."""
+    scores: list[float] | None = field(default=None)
+    """Image-directive cosine similarity per image (prompt bank only)."""
+
+
+@dataclass
+class MLPProjectorConfig:
+    """Shape of the Study II projector."""
+
+    clip_dim: int = 512
+    """Input: CLIP image embedding size (512 for ViT-B/32)."""
+    cond_dim: int = 768
+    """Output: conditioning token size, the T5 encoder's d_model (768 for t5-base)."""
+    num_tokens: int = 1
+    """N output tokens; 1 is the thesis' pooled form."""
+    hidden_dim: int = 768
+    """Width of the hidden layer."""
+    dropout: float = 0.1
+    """Dropout after the activation (training only)."""
+
+
+class MLPProjector(nn.Module):
+    """Linear -> LayerNorm -> ReLU -> Dropout -> Linear, reshaped to N tokens."""
+
+    def __init__(self, config: MLPProjectorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or MLPProjectorConfig()
+        c = self.config
+        self.net = nn.Sequential(
+            nn.Linear(c.clip_dim, c.hidden_dim),
+            nn.LayerNorm(c.hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(c.dropout),
+            nn.Linear(c.hidden_dim, c.num_tokens * c.cond_dim),
+        )
+
+    def forward(self, image_embeds: torch.Tensor) -> ProjectorOutput:
+        b = image_embeds.shape[0]
+        cond = self.net(image_embeds).reshape(b, self.config.num_tokens, self.config.cond_dim)  # (B, N, D)
+        mask = torch.ones(b, self.config.num_tokens, dtype=torch.long, device=image_embeds.device)  # (B, N)
+        return ProjectorOutput(cond, mask)
+
+
+class PromptBankProjector:
+    """Zero-shot projector over a :class:`runtime.prompt_bank.PromptBank`."""
+
+    def __init__(self, bank: PromptBank) -> None:
+        self.bank = bank
+
+    def __call__(self, image_embeds: torch.Tensor) -> ProjectorOutput:
+        sel = self.bank.select(image_embeds.detach().float().cpu().numpy())
+        return ProjectorOutput(
+            conditioning=torch.from_numpy(sel.conditioning),
+            mask=torch.from_numpy(sel.mask),
+            directives=sel.directives,
+            scores=[float(s) for s in sel.scores],
+        )
