@@ -191,6 +191,27 @@ def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def preset_parameter_counts(preset: str) -> dict[str, int]:
+    """Parameter counts of a preset's modules, built on the meta device (no memory, instant)."""
+    check_preset(preset)
+    _require_torch_stack()
+    import torch
+    from transformers import CLIPModel, MusicgenForConditionalGeneration
+
+    # Tokenizer sizes only matter for the tiny preset (real sizes use the real vocabularies).
+    with torch.device("meta"):
+        mg = MusicgenForConditionalGeneration(musicgen_config(preset, text_vocab_size=400))
+        clip = CLIPModel(clip_config(preset, text_vocab_size=49408, bos_id=49406, eos_id=49407, pad_id=49407))
+    return {
+        "musicgen_decoder": count_parameters(mg.decoder),
+        "enc_to_dec_proj": count_parameters(mg.enc_to_dec_proj) if hasattr(mg, "enc_to_dec_proj") else 0,
+        "t5_encoder": count_parameters(mg.text_encoder),
+        "encodec": count_parameters(mg.audio_encoder),
+        "clip_vision": count_parameters(clip.vision_model) + count_parameters(clip.visual_projection),
+        "clip_text": count_parameters(clip.text_model) + count_parameters(clip.text_projection),
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Build a preset (random weights, real architecture) and save it as checkpoint directories.",

@@ -90,6 +90,11 @@ class ReferencePipeline:
             )
         mg = self.models.musicgen
         k = self.models.num_codebooks
+        if frames < k - 1:
+            # transformers applies no delay pattern to sequences shorter than 2K-1
+            raise Img2MusicError(
+                f"at least {k - 1} frames ({(k - 1) * 1000 // self.models.frame_rate} ms) per generation; asked for {frames}"
+            )
         kwargs = dict(
             max_length=frames + k,  # start token + frames + (K-1) delay steps
             do_sample=not sampling.greedy,

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models (built once per session) and real photographs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Real photographs of different sizes and aspects, incl. grayscale and RGBA.
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "logo", "page", "colorwheel")
+
+
+def photo(name: str) -> Image.Image:
+    import skimage.data
+
+    array = getattr(skimage.data, name)()
+    return Image.fromarray(array)
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Image.Image]:
+    return {name: photo(name) for name in PHOTO_NAMES}
+
+
+@pytest.fixture(scope="session")
+def photo_files(tmp_path_factory, photos) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name, img in photos.items():
+        path = folder / (f"{name}.jpg" if img.mode == "RGB" else f"{name}.png")
+        img.save(path)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    from export.models import build_preset
+
+    return build_preset("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_models):
+    from runtime.reference import ReferencePipeline
+
+    return ReferencePipeline(tiny_models)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dirs(tmp_path_factory, tiny_models):
+    """The tiny preset saved as ordinary checkpoint directories (musicgen/, clip/)."""
+    from export.models import save_models
+
+    mg, clip = save_models(tiny_models, tmp_path_factory.mktemp("tiny-checkpoints"))
+    return str(mg), str(clip)
+
+
+def max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
