@@ -23,7 +23,8 @@ def build_t5_tokenizer(corpus: Iterable[str], vocab_size: int = 400):
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=list(T5_SPECIALS), unk_token="<unk>", shrinking_factor=0.75
+        vocab_size=vocab_size, special_tokens=list(T5_SPECIALS), unk_token="<unk>", shrinking_factor=0.75,
+        show_progress=False,
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)
     eos = tok.token_to_id("</s>")
@@ -41,7 +42,7 @@ def build_clip_tokenizer(corpus: Iterable[str], vocab_size: int = 400):
     tok = Tokenizer(models.BPE(unk_token=CLIP_EOS))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[CLIP_BOS, CLIP_EOS])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[CLIP_BOS, CLIP_EOS], show_progress=False)
     tok.train_from_iterator(list(corpus), trainer=trainer)
     bos, eos = tok.token_to_id(CLIP_BOS), tok.token_to_id(CLIP_EOS)
     tok.post_processor = processors.TemplateProcessing(

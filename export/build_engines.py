@@ -1,0 +1,182 @@
+"""Build an engine bundle: checkpoints (or a preset) -> ONNX graphs + manifest.json.
+
+Usage::
+
+    python export/build_engines.py --preset tiny --out engines/tiny
+    python export/build_engines.py --musicgen facebook/musicgen-small \\
+        --clip openai/clip-vit-base-patch32 --out engines/small
+
+Writes clip_vision, projector (the prompt bank's selection), cross_kv, decoder_step
+(in-place GroupQueryAttention KV cache) and encodec_decode as ONNX, validates each
+against its torch module (one ✓/✗ line per output; any ✗ fails the build) and writes
+manifest.json with configs, hashes and versions. The bundle is assembled in
+``<out>.partial`` and renamed at the end, so a failed or interrupted build leaves
+nothing half-written under ``--out``. T5 never enters the bundle: the prompt bank's
+T5 encodings are computed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as `python export/build_engines.py`
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from runtime.errors import Img2MusicError, run_cli, setup_logging
+
+log = logging.getLogger(__name__)
+PRESETS = ("tiny", "small-random", "medium-random")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build_engines.py",
+        description="Export MusicGen + CLIP + projector into an ONNX engine bundle.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--preset", choices=PRESETS, default=None, help="random-weight models instead of checkpoints")
+    p.add_argument("--musicgen", default=None, help="MusicGen hub id or local directory (default facebook/musicgen-small)")
+    p.add_argument("--clip", default=None, help="CLIP hub id or local directory (default openai/clip-vit-base-patch32)")
+    p.add_argument("--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend")
+    p.add_argument("--precision", choices=("fp32",), default="fp32", help="weight precision of the graphs")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
+    p.add_argument("--seed", type=int, default=0, help="seed for preset weights and validation inputs")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return p
+
+
+class _Progress:
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.start = total, 0, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.start:.1f} s)", flush=True)
+
+
+def build_bundle(out: Path, models, seed: int = 0, report=print) -> dict:
+    """Export, validate and describe every graph into ``out`` (which must not exist)."""
+    import torch
+
+    from export.bundle_writer import write_manifest
+    from export.cross_kv import build_cross_kv
+    from export.decoder_step import build_decoder_step
+    from export.graph_specs import (clip_vision_spec, cross_kv_spec, decoder_step_spec, encodec_decode_spec,
+                                    projector_spec)
+    from export.onnx_graph import save_model
+    from export.prompt_bank_graph import build_prompt_bank_graph
+    from export.torch_export import ClipVisionGraph, EncodecDecodeGraph, export_module
+    from export.validation import (validate_clip, validate_cross_kv, validate_decoder_step, validate_encodec,
+                                   validate_projector)
+    from runtime.decoder_session import DecoderSession, DecoderShape
+    from runtime.onnx_session import create_session
+    from training.projector import PromptBankProjector
+    from training.prompt_bank import build_prompt_bank
+
+    progress = _Progress(7)
+    out.mkdir(parents=True)
+    mg = models.musicgen
+    dec = mg.config.decoder
+    heads, head_dim = dec.num_attention_heads, dec.hidden_size // dec.num_attention_heads
+    clip_dim = int(models.clip.config.projection_dim)
+    text_dim = mg.config.text_encoder.hidden_size
+    checks = []
+
+    def run_checks(new):
+        for c in new:
+            report(c.line())
+        checks.extend(new)
+
+    progress("prompt bank: embedding directives with CLIP text + T5")
+    bank = build_prompt_bank(models)
+    projector = PromptBankProjector(bank)
+    specs = {
+        "clip_vision": clip_vision_spec(models.image_config.crop_height, clip_dim),
+        "projector": projector_spec(clip_dim, bank.num_tokens, text_dim, prompt_bank=True),
+        "cross_kv": cross_kv_spec(text_dim, dec.num_hidden_layers, heads, head_dim),
+        "decoder_step": decoder_step_spec(models.num_codebooks, dec.vocab_size, dec.num_hidden_layers, heads, head_dim),
+        "encodec_decode": encodec_decode_spec(models.num_codebooks),
+    }
+
+    progress("clip_vision.onnx")
+    size = models.image_config.crop_height
+    export_module(ClipVisionGraph(models.clip), (torch.zeros(1, 3, size, size),), specs["clip_vision"],
+                  out / "clip_vision.onnx")
+    run_checks(validate_clip(create_session(out / "clip_vision.onnx"), models, seed=seed))
+
+    progress("projector.onnx (prompt bank selection)")
+    save_model(build_prompt_bank_graph(bank), out / "projector.onnx")
+    run_checks(validate_projector(create_session(out / "projector.onnx"), projector, clip_dim, seed=seed))
+
+    progress("cross_kv.onnx")
+    save_model(build_cross_kv(mg), out / "cross_kv.onnx")
+    cross_session = create_session(out / "cross_kv.onnx")
+    run_checks(validate_cross_kv(cross_session, models, seed=seed))
+
+    progress("decoder_step.onnx (GroupQueryAttention, in-place KV cache)")
+    save_model(build_decoder_step(mg.decoder), out / "decoder_step.onnx")
+    shape = DecoderShape(dec.num_hidden_layers, heads, head_dim, models.num_codebooks, dec.vocab_size,
+                         dec.max_position_embeddings)
+    decoder = DecoderSession(create_session(out / "decoder_step.onnx"), cross_session, shape)
+    run_checks(validate_decoder_step(decoder, models, seed=seed))
+    del decoder
+
+    progress("encodec_decode.onnx")
+    export_module(EncodecDecodeGraph(mg.audio_encoder), (torch.zeros(1, models.num_codebooks, 10, dtype=torch.long),),
+                  specs["encodec_decode"], out / "encodec_decode.onnx")
+    run_checks(validate_encodec(create_session(out / "encodec_decode.onnx"), models, seed=seed))
+
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise Img2MusicError(f"export validation failed for {len(failed)} output(s): "
+                             + ", ".join(f"{c.graph}.{c.output}" for c in failed))
+    progress("manifest.json (hashes, configs, versions)")
+    gc = mg.generation_config
+    defaults = {"guidance_scale": float(gc.guidance_scale or 3.0), "top_k": int(gc.top_k or 250),
+                "temperature": float(gc.temperature or 1.0)}
+    return write_manifest(out, specs, models, bank.directives, bank.num_tokens, checks, defaults)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    out = Path(args.out)
+    if args.preset and (args.musicgen or args.clip):
+        raise Img2MusicError("give either --preset or --musicgen/--clip, not both")
+    if out.exists() and not args.force:
+        raise Img2MusicError(f"{out} already exists; pass --force to replace it")
+    partial = out.with_name(out.name + ".partial")
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Img2MusicError(f"cannot create {partial.parent}: {exc.strerror or exc}") from exc
+    shutil.rmtree(partial, ignore_errors=True)
+
+    from export.models import load_models
+
+    start = time.perf_counter()
+    print("loading models ...", flush=True)
+    models = load_models(preset=args.preset, musicgen=args.musicgen, clip=args.clip, seed=args.seed)
+    try:
+        manifest = build_bundle(partial, models, seed=args.seed)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"bundle written to {out}: {len(manifest['files'])} files, {total / 2**20:.1f} MiB, "
+          f"{time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,102 @@
+"""decoder_step.onnx: one MusicGen decoder step with an in-place static KV cache.
+
+Why GroupQueryAttention: the cache is preallocated for the maximum length and the
+step must not copy it. The past/present concat pattern (optimum's export) copies the
+whole cache every step, so its cost grows with length (55 -> 169 ms from 16 to 1500
+positions on two cores). ONNX Runtime's ``com.microsoft.GroupQueryAttention`` reads
+``past_key``/``past_value`` of shape (B2, H, L_max, 64), writes only row
+``seqlens_k`` and works in place when past and present are the same OrtValue (IO
+binding, ``runtime.decoder_session``): 47 -> 67 ms in the prototype. It needs a head
+size that is a multiple of 8 (64 for every MusicGen). A plain-ONNX fallback is left
+to the TensorRT work, which has its own KV-cache layer.
+
+Per layer (pre-LayerNorm, no biases, exact GELU)::
+
+    x (B2, 1, D)
+    qkv = LN1(x) @ [Wq | Wk | Wv]                   # (B2, 1, 3D), one fused MatMul
+    x  += GQA(qkv, past, seqlens_k) @ Wo            # writes K/V row seqlens_k in place
+    q   = LN2(x) @ (Wq_cross / sqrt(64))            # (B2, 1, D) -> (B2, H, 1, 64)
+    x  += softmax(q @ K_cross^T + bias) @ V_cross @ Wo_cross   # K/V from cross_kv.onnx
+    x  += GELU(LN3(x) @ W1) @ W2
+
+then the final LayerNorm and the K output heads fused into one MatMul.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export.graph_specs import decoder_step_spec
+from export.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder, layer_norm, linear_weight
+
+
+def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
+    """``MusicgenForCausalLM`` -> decoder_step ModelProto (fp32)."""
+    cfg = decoder_lm.config
+    dec = decoder_lm.model.decoder
+    k_books, vocab, hidden = cfg.num_codebooks, cfg.vocab_size, cfg.hidden_size
+    heads = cfg.num_attention_heads
+    head_dim = hidden // heads
+    layers = cfg.num_hidden_layers
+    if head_dim % 8:
+        raise ValueError(f"GroupQueryAttention needs a head size divisible by 8, got {head_dim}")
+    if cfg.audio_channels != 1:
+        raise ValueError("stereo MusicGen checkpoints are not supported yet")
+    spec = decoder_step_spec(k_books, vocab, layers, heads, head_dim)
+    g = GraphBuilder("decoder_step")
+    for t in spec.inputs:
+        g.input(t.name, {"int64": INT64, "int32": INT32, "float32": FLOAT}[t.dtype], t.shape)
+
+    # Token embeddings: sum over codebooks of embed_k[ids[:, k]].
+    ids = g.op("Split", ["input_ids"], outputs=k_books, axis=1) if k_books > 1 else ["input_ids"]
+    embeds = []
+    for k in range(k_books):
+        table = g.weight(f"embed_tokens.{k}", dec.embed_tokens[k].weight.detach().float().numpy())
+        embeds.append(g.op("Gather", [table, ids[k]], axis=0))  # (B2, 1, D)
+    x = g.op("Sum", embeds) if k_books > 1 else embeds[0]
+    # Sinusoidal position = number of cached positions (the same for every row).
+    positions = g.weight("embed_positions", dec.embed_positions.weights.detach().float().numpy())
+    pos = g.op("Gather", [positions, "seqlens_k"], axis=0)  # (B2, D)
+    x = g.op("Add", [x, g.op("Unsqueeze", [pos, g.const([1])])])  # (B2, 1, D)
+
+    shape_bhsd = g.const([0, 1, heads, head_dim])  # (B2, 1, H, 64)
+    shape_bsd = g.const([0, 1, hidden])
+    scaling = head_dim ** -0.5
+    for i, layer in enumerate(dec.layers):
+        p = f"layers.{i}"
+        # Self-attention, cache updated in place.
+        h = layer_norm(g, x, layer.self_attn_layer_norm, f"{p}.self_attn_layer_norm")
+        sa = layer.self_attn
+        w_qkv = np.concatenate([linear_weight(sa.q_proj), linear_weight(sa.k_proj), linear_weight(sa.v_proj)], axis=1)
+        qkv = g.op("MatMul", [h, g.weight(f"{p}.self_attn.qkv", w_qkv)])  # (B2, 1, 3D)
+        attn = g.op(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length"],
+            outputs=[f"attn_{i}", f"present_key.{i}", f"present_value.{i}"],
+            domain=MS_DOMAIN, num_heads=heads, kv_num_heads=heads, scale=float(scaling),
+        )[0]  # (B2, 1, D)
+        x = g.op("Add", [x, g.op("MatMul", [attn, g.weight(f"{p}.self_attn.out", linear_weight(sa.out_proj))])])
+        # Cross-attention over K/V precomputed once per conditioning.
+        ca = layer.encoder_attn
+        h = layer_norm(g, x, layer.encoder_attn_layer_norm, f"{p}.encoder_attn_layer_norm")
+        q = g.op("MatMul", [h, g.weight(f"{p}.encoder_attn.q", linear_weight(ca.q_proj, scaling))])
+        q = g.op("Transpose", [g.op("Reshape", [q, shape_bhsd])], perm=[0, 2, 1, 3])  # (B2, H, 1, 64)
+        scores = g.op("Add", [g.op("MatMul", [q, f"cross_key_t.{i}"]), "cross_attention_bias"])  # (B2, H, 1, N)
+        probs = g.op("Softmax", [scores], axis=-1)
+        ctx = g.op("MatMul", [probs, f"cross_value.{i}"])  # (B2, H, 1, 64)
+        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), shape_bsd])  # (B2, 1, D)
+        x = g.op("Add", [x, g.op("MatMul", [ctx, g.weight(f"{p}.encoder_attn.out", linear_weight(ca.out_proj))])])
+        # Feed-forward.
+        h = layer_norm(g, x, layer.final_layer_norm, f"{p}.final_layer_norm")
+        h = g.op("MatMul", [h, g.weight(f"{p}.fc1", linear_weight(layer.fc1))])
+        h = g.op("Gelu", [h], domain=MS_DOMAIN)  # exact (erf) GELU, as transformers' "gelu"
+        x = g.op("Add", [x, g.op("MatMul", [h, g.weight(f"{p}.fc2", linear_weight(layer.fc2))])])
+
+    h = layer_norm(g, x, dec.layer_norm, "layer_norm")
+    heads_w = np.concatenate([linear_weight(head) for head in decoder_lm.lm_heads], axis=1)  # (D, K*V)
+    logits = g.op("MatMul", [h, g.weight("lm_heads", heads_w)])  # (B2, 1, K*V)
+    logits = g.op("Reshape", [logits, g.const([0, k_books, vocab])])  # (B2, K, V)
+    g.output(logits, "logits", FLOAT, spec.outputs[0].shape)
+    for t in spec.outputs[1:]:
+        g.output(t.name, t.name, FLOAT, t.shape)  # written by GroupQueryAttention
+    return g.model({"graph": "decoder_step", "cache": "groupqueryattention-inplace"})

@@ -1,0 +1,122 @@
+"""Every exported graph's inputs, outputs and dynamic axes, declared in one place.
+
+Exporters build graphs that match these specs, export-time validation feeds them,
+and the runtime checks the bundle's sessions against them at load time. Dimension
+names are symbolic; numbers are fixed by the model config.
+
+Shapes (B2 = rows run together: 2B with classifier-free guidance, else B):
+
+- ``clip_vision``:   pixel_values (B, 3, S, S) -> image_embeds (B, D_clip)
+- ``projector``:     image_embeds (B, D_clip) -> conditioning (B, N, D_t5), conditioning_mask (B, N)
+                     [+ directive_index (B,), directive_score (B,) for the prompt bank]
+- ``cross_kv``:      conditioning (B2, N, D_t5), conditioning_mask (B2, N) ->
+                     cross_key_t.{i} (B2, H, 64, N), cross_value.{i} (B2, H, N, 64), cross_attention_bias (B2, 1, 1, N)
+- ``decoder_step``:  input_ids (B2, K), seqlens_k (B2,) int32 = cached positions,
+                     total_sequence_length () int32 = cached + 1, cross K/V + bias, past_key.{i} /
+                     past_value.{i} (B2, H, L_max, 64) -> logits (B2, K, V), present_key.{i} / present_value.{i}
+                     (same buffers as the past: bind one OrtValue to both, see runtime.decoder_session)
+- ``encodec_decode``: audio_codes (B, K, F) -> audio_values (B, 1, F * hop)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output."""
+
+    name: str
+    """Tensor name in the graph."""
+    dtype: str
+    """numpy dtype name: float32, int64, int32."""
+    shape: tuple
+    """Dimensions: ints are fixed, strings are symbolic (dynamic) axes."""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A sub-graph of the bundle."""
+
+    name: str
+    """File stem: ``<name>.onnx``."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    notes: str = field(default="")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """torch.onnx.export's ``dynamic_axes`` for this graph."""
+        axes = {}
+        for t in self.inputs + self.outputs:
+            dyn = {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+            if dyn:
+                axes[t.name] = dyn
+        return axes
+
+
+def clip_vision_spec(image_size: int, clip_dim: int) -> GraphSpec:
+    return GraphSpec(
+        "clip_vision",
+        (TensorSpec("pixel_values", "float32", ("batch", 3, image_size, image_size)),),
+        (TensorSpec("image_embeds", "float32", ("batch", clip_dim)),),
+    )
+
+
+def projector_spec(clip_dim: int, num_tokens: int, text_dim: int, prompt_bank: bool) -> GraphSpec:
+    outputs = [
+        TensorSpec("conditioning", "float32", ("batch", num_tokens, text_dim)),
+        TensorSpec("conditioning_mask", "int64", ("batch", num_tokens)),
+    ]
+    if prompt_bank:
+        outputs += [TensorSpec("directive_index", "int64", ("batch",)),
+                    TensorSpec("directive_score", "float32", ("batch",))]
+    return GraphSpec("projector", (TensorSpec("image_embeds", "float32", ("batch", clip_dim)),), tuple(outputs))
+
+
+def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int) -> GraphSpec:
+    outputs = []
+    for i in range(num_layers):
+        outputs.append(TensorSpec(f"cross_key_t.{i}", "float32", ("batch", num_heads, head_dim, "cond_len")))
+        outputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
+    outputs.append(TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len")))
+    return GraphSpec(
+        "cross_kv",
+        (TensorSpec("conditioning", "float32", ("batch", "cond_len", text_dim)),
+         TensorSpec("conditioning_mask", "int64", ("batch", "cond_len"))),
+        tuple(outputs),
+    )
+
+
+def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int) -> GraphSpec:
+    inputs = [
+        TensorSpec("input_ids", "int64", ("batch", num_codebooks)),
+        TensorSpec("seqlens_k", "int32", ("batch",)),
+        TensorSpec("total_sequence_length", "int32", ()),
+        TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len")),
+    ]
+    outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
+    for i in range(num_layers):
+        inputs.append(TensorSpec(f"cross_key_t.{i}", "float32", ("batch", num_heads, head_dim, "cond_len")))
+        inputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            inputs.append(TensorSpec(f"past_{kind}.{i}", "float32", ("batch", num_heads, "cache_len", head_dim)))
+            outputs.append(TensorSpec(f"present_{kind}.{i}", "float32", ("batch", num_heads, "cache_len", head_dim)))
+    return GraphSpec("decoder_step", tuple(inputs), tuple(outputs))
+
+
+def encodec_decode_spec(num_codebooks: int) -> GraphSpec:
+    return GraphSpec(
+        "encodec_decode",
+        (TensorSpec("audio_codes", "int64", ("batch", num_codebooks, "frames")),),
+        (TensorSpec("audio_values", "float32", ("batch", 1, "samples")),),
+    )

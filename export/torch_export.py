@@ -1,0 +1,80 @@
+"""Tracing torch modules to ONNX (clip_vision, encodec_decode, a trained projector).
+
+Uses torch's TorchScript-based exporter (``dynamo=False``): the dynamo exporter in
+torch 2.13 fails on EnCodec's data-dependent padding, and the traced graphs are
+validated against the modules anyway (``export.validation``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from export.graph_specs import GraphSpec
+from export.onnx_graph import OPSET
+
+log = logging.getLogger(__name__)
+
+
+def export_module(module, example_inputs: tuple, spec: GraphSpec, path: Path) -> None:
+    """Trace ``module(*example_inputs)`` into ``path`` with the spec's names and dynamic axes."""
+    import onnx
+    import torch
+
+    from export.onnx_graph import save_model
+
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter
+        torch.onnx.export(
+            module.eval(), example_inputs, str(tmp), input_names=spec.input_names,
+            output_names=spec.output_names, dynamic_axes=spec.dynamic_axes(), opset_version=OPSET,
+            dynamo=False, do_constant_folding=True,
+        )
+    model = onnx.load(str(tmp), load_external_data=True)
+    for extra in tmp.parent.glob(tmp.name + "*"):
+        extra.unlink()
+    model.metadata_props.append(onnx.StringStringEntryProto(key="graph", value=spec.name))
+    save_model(model, path)
+
+
+def _module_base():
+    from torch import nn
+
+    return nn.Module
+
+
+class ClipVisionGraph(_module_base()):
+    """pixel_values (B, 3, S, S) -> image_embeds (B, D_clip): CLIP's projected image features."""
+
+    def __init__(self, clip) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, pixel_values):
+        out = self.clip.get_image_features(pixel_values=pixel_values)
+        return getattr(out, "pooler_output", out)
+
+
+class EncodecDecodeGraph(_module_base()):
+    """audio_codes (B, K, F) -> audio_values (B, 1, F * hop): EnCodec's full decode."""
+
+    def __init__(self, codec) -> None:
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, audio_codes):
+        return self.codec.decode(audio_codes[None], [None]).audio_values
+
+
+class MLPProjectorGraph(_module_base()):
+    """image_embeds (B, D_clip) -> conditioning (B, N, D_t5), conditioning_mask (B, N)."""
+
+    def __init__(self, projector) -> None:
+        super().__init__()
+        self.projector = projector
+
+    def forward(self, image_embeds):
+        out = self.projector(image_embeds)
+        return out.conditioning, out.mask

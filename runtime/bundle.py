@@ -1,0 +1,122 @@
+"""The engine bundle: ``manifest.json`` + graph files, verified before anything runs.
+
+The runtime reads only this directory (no torch, no transformers config). At load it
+checks the schema version, that every listed file exists with the recorded size and
+sha256, and that each ONNX session's inputs and outputs match the recorded specs. A
+corrupt or mismatched bundle is refused with one clear message, never a crash
+mid-performance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import Img2MusicError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPHS = ("clip_vision", "projector", "cross_kv", "decoder_step", "encodec_decode")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A verified bundle directory and its manifest."""
+
+    root: Path
+    """The bundle directory."""
+    manifest: dict
+    """The parsed ``manifest.json``."""
+
+    def graph_path(self, name: str) -> Path:
+        return self.root / self.manifest["graphs"][name]["file"]
+
+    def graph(self, name: str) -> dict:
+        return self.manifest["graphs"][name]
+
+    @property
+    def decoder(self) -> dict:
+        return self.manifest["decoder"]
+
+    @property
+    def audio(self) -> dict:
+        return self.manifest["audio"]
+
+    @property
+    def conditioning(self) -> dict:
+        return self.manifest["conditioning"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.get("precision", "fp32")
+
+
+def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
+    """Read and verify a bundle; raises :class:`Img2MusicError` with the reason."""
+    root = Path(root)
+    if not root.is_dir():
+        raise Img2MusicError(f"engine bundle not found: {root} is not a directory")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise Img2MusicError(f"{root} is not an engine bundle: no {MANIFEST} (build one with export/build_engines.py)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Img2MusicError(f"corrupt bundle manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise Img2MusicError(f"corrupt bundle manifest {path}: not a JSON object")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise Img2MusicError(
+            f"bundle {root} has manifest schema {version!r}; this runtime reads schema {SCHEMA_VERSION}. "
+            "Rebuild the bundle with this version's export/build_engines.py."
+        )
+    for key in ("graphs", "files", "decoder", "audio", "conditioning", "clip"):
+        if key not in manifest:
+            raise Img2MusicError(f"corrupt bundle manifest {path}: missing {key!r}")
+    for name in GRAPHS:
+        graph = manifest["graphs"].get(name)
+        if not isinstance(graph, dict) or graph.get("file") not in manifest["files"]:
+            raise Img2MusicError(f"corrupt bundle manifest {path}: graph {name!r} is missing or not listed in files")
+        if graph.get("backend") != "onnxruntime":
+            raise Img2MusicError(f"graph {name} is for backend {graph.get('backend')!r}; this loader runs onnxruntime")
+    for name, entry in manifest["files"].items():
+        file = root / name
+        if not file.is_file():
+            raise Img2MusicError(f"bundle {root} is incomplete: {name} is missing")
+        size = file.stat().st_size
+        if size != entry.get("bytes"):
+            raise Img2MusicError(
+                f"bundle file {name} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or replaced)"
+            )
+        if verify_hashes and sha256_file(file) != entry.get("sha256"):
+            raise Img2MusicError(f"bundle file {name} does not match its sha256 in the manifest (corrupt or edited)")
+    return Bundle(root, manifest)
+
+
+def check_session(session, graph_name: str, graph: dict) -> None:
+    """The session's I/O must be exactly the spec recorded at export (names, dtypes, fixed dims)."""
+    type_names = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+    for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        expected = graph.get(kind, [])
+        if [a.name for a in actual] != [e["name"] for e in expected]:
+            raise Img2MusicError(f"{graph_name}: graph {kind} do not match the manifest")
+        for a, e in zip(actual, expected):
+            fixed_ok = len(a.shape) == len(e["shape"]) and all(
+                isinstance(es, str) or as_ == es for as_, es in zip(a.shape, e["shape"])
+            )
+            if type_names.get(a.type) != e["dtype"] or not fixed_ok:
+                raise Img2MusicError(
+                    f"{graph_name}: {a.name} is {a.type} {a.shape} in the graph, the manifest says {e['dtype']} {e['shape']}"
+                )

@@ -1,0 +1,120 @@
+"""The decoder step on ONNX Runtime with an in-place static KV cache.
+
+One OrtValue per layer and kind (key, value) of shape (B2, H, L_max, 64) is bound to
+both ``past_*`` and ``present_*``: GroupQueryAttention then writes only the new row,
+in place, and nothing proportional to the cache length is copied per step. Inputs
+that change per step (codes, positions) live in numpy arrays that the bound
+OrtValues wrap, so a step rebinds nothing. Cross-attention K/V are computed once per
+conditioning by ``cross_kv.onnx`` and stay bound until the conditioning changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.errors import Img2MusicError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The decoder facts the runtime needs (from the bundle manifest)."""
+
+    num_layers: int
+    """Decoder layers."""
+    num_heads: int
+    """Attention heads."""
+    head_dim: int
+    """Size of one head (64 for MusicGen)."""
+    num_codebooks: int
+    """K: codebooks emitted per step."""
+    vocab_size: int
+    """Codes per codebook (2048)."""
+    max_length: int
+    """Positions the cache holds (2048, MusicGen's trained maximum)."""
+
+
+class DecoderSession:
+    """Runs ``decoder_step.onnx`` step by step over a preallocated cache."""
+
+    def __init__(self, step_session, cross_kv_session, shape: DecoderShape) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.step_session = step_session
+        self.cross_kv_session = cross_kv_session
+        self.shape = shape
+        self.batch = 0
+        self.position = 0
+        self._binding = None
+
+    def _allocate(self, batch: int) -> None:
+        """Cache, per-step inputs and the logits buffer for ``batch`` rows; binds them once."""
+        ort, s = self._ort, self.shape
+        cache_shape = (batch, s.num_heads, s.max_length, s.head_dim)
+        binding = self.step_session.io_binding()
+        self._cache = []
+        for i in range(s.num_layers):
+            for kind in ("key", "value"):
+                value = ort.OrtValue.ortvalue_from_shape_and_type(cache_shape, np.float32)
+                binding.bind_ortvalue_input(f"past_{kind}.{i}", value)
+                binding.bind_ortvalue_output(f"present_{kind}.{i}", value)  # same memory: in place
+                self._cache.append(value)
+        self._ids = np.zeros((batch, s.num_codebooks), dtype=np.int64)
+        self._seqlens = np.zeros((batch,), dtype=np.int32)
+        self._total = np.zeros((), dtype=np.int32)
+        self._logits = np.zeros((batch, s.num_codebooks, s.vocab_size), dtype=np.float32)
+        self._step_values = {
+            "input_ids": ort.OrtValue.ortvalue_from_numpy(self._ids),
+            "seqlens_k": ort.OrtValue.ortvalue_from_numpy(self._seqlens),
+            "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(self._total),
+        }
+        for name, value in self._step_values.items():
+            binding.bind_ortvalue_input(name, value)
+        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        binding.bind_ortvalue_output("logits", self._logits_value)
+        self._binding = binding
+        self.batch = batch
+
+    def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
+        """Compute and bind cross-attention K/V for (B2, N, D_t5) conditioning; resets the cache."""
+        conditioning = np.ascontiguousarray(conditioning, dtype=np.float32)
+        mask = np.ascontiguousarray(mask, dtype=np.int64)
+        if conditioning.ndim != 3 or mask.shape != conditioning.shape[:2]:
+            raise Img2MusicError(f"conditioning {conditioning.shape} and mask {mask.shape} do not fit together")
+        if conditioning.shape[0] != self.batch:
+            self._allocate(conditioning.shape[0])
+        names = [o.name for o in self.cross_kv_session.get_outputs()]
+        outputs = self.cross_kv_session.run(names, {"conditioning": conditioning, "conditioning_mask": mask})
+        self._cross = {}
+        for name, value in zip(names, outputs):
+            ov = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+            self._cross[name] = (ov, value)  # keep the numpy buffer alive with its OrtValue
+            self._binding.bind_ortvalue_input(name, ov)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new sequence. Rows past the position are never read, so no clearing."""
+        self.position = 0
+
+    def cache_rows(self, layer: int, kind: str, rows: int) -> np.ndarray:
+        """A copy of the first ``rows`` cached positions of one layer: (B2, H, rows, 64)."""
+        value = self._cache[2 * layer + (0 if kind == "key" else 1)]
+        return value.numpy()[:, :, :rows].copy()
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        """(B2, K) codes at the current position -> (B2, K, V) logits (a buffer reused next step)."""
+        if self._binding is None:
+            raise Img2MusicError("set_conditioning() must come before step()")
+        if self.position >= self.shape.max_length:
+            raise Img2MusicError(f"the KV cache holds {self.shape.max_length} positions; re-prime a window to go on")
+        self._ids[...] = input_ids
+        self._seqlens[...] = self.position
+        self._total[...] = self.position + 1
+        self.step_session.run_with_iobinding(self._binding)
+        self.position += 1
+        return self._logits

@@ -1,0 +1,50 @@
+"""Classifier-free guidance and token sampling on logits (numpy).
+
+Order, as transformers and audiocraft: guidance, temperature, top-k, top-p, then a
+draw (or argmax when greedy). Top-k keeps ties with the k-th value and top-p keeps
+the smallest set whose mass reaches p, like transformers' warpers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.sampling import SamplingConfig
+
+
+def apply_guidance(logits: np.ndarray, batch: int, scale: float) -> np.ndarray:
+    """(2B, K, V) logits, conditional rows first -> (B, K, V) ``uncond + g * (cond - uncond)``."""
+    cond, uncond = logits[:batch], logits[batch : 2 * batch]
+    return uncond + scale * (cond - uncond)
+
+
+class TokenSampler:
+    """Turns (B, K, V) scores into (B, K) tokens; seeded, so runs repeat exactly."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, scores: np.ndarray, config: SamplingConfig) -> np.ndarray:
+        if config.greedy:
+            return np.argmax(scores, axis=-1)
+        scores = scores.astype(np.float64) / config.temperature
+        vocab = scores.shape[-1]
+        if 0 < config.top_k < vocab:
+            kth = np.partition(scores, vocab - config.top_k, axis=-1)[..., vocab - config.top_k, None]
+            scores = np.where(scores < kth, -np.inf, scores)
+        probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        if 0.0 < config.top_p < 1.0:
+            order = np.argsort(-probs, axis=-1, kind="stable")
+            sorted_probs = np.take_along_axis(probs, order, axis=-1)
+            mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+            keep_sorted = mass_before < config.top_p  # always keeps the most likely token
+            keep = np.zeros_like(keep_sorted)
+            np.put_along_axis(keep, order, keep_sorted, axis=-1)
+            probs = np.where(keep, probs, 0.0)
+            probs /= probs.sum(axis=-1, keepdims=True)
+        # Inverse-CDF draw: one uniform per (row, codebook).
+        cdf = np.cumsum(probs, axis=-1)
+        u = self.rng.random(cdf.shape[:-1] + (1,)) * cdf[..., -1:]
+        tokens = (cdf < u).sum(axis=-1)
+        return np.minimum(tokens, vocab - 1)

@@ -1,0 +1,34 @@
+"""ONNX Runtime sessions: options, providers, and one clear error when a graph won't load."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from runtime.errors import Img2MusicError
+
+log = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """Physical-ish core count: ORT's default spins a thread per logical core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def create_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None):
+    """An ``InferenceSession`` for one bundle graph (CPU provider unless told otherwise)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
+    try:
+        return ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        raise Img2MusicError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from exc
