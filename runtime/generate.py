@@ -3,10 +3,12 @@
 Usage::
 
     python runtime/generate.py --preset tiny --image photo.jpg --seconds 5 --out out/
+    python runtime/generate.py --engines engines/small --image photo.jpg --seconds 10 --out out/
     python runtime/generate.py --musicgen facebook/musicgen-small \\
         --clip openai/clip-vit-base-patch32 --image a.jpg --image b.png --seconds 10 --out out/
 
-Every image gets ``<stem>.wav`` (float32, the model's sample rate) in ``--out``. The
+With ``--engines`` the exported bundle runs on ONNX Runtime (no torch); otherwise the
+PyTorch reference pipeline runs the models directly. Every image gets ``<stem>.wav`` (float32, the model's sample rate) in ``--out``. The
 projector is the zero-shot prompt bank; the chosen directive is printed per image.
 Bad input (missing/unreadable image, bad duration, unwritable output) is reported
 before any model is loaded.
@@ -51,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image file; repeat for a batch (one WAV each)")
     p.add_argument("--seconds", type=positive_float, default=5.0, help="length of the music per image, in seconds")
     p.add_argument("--out", default="out", help="output directory for the WAV files")
-    src = p.add_argument_group("models (a preset, or checkpoints; default facebook/musicgen-small + openai/clip-vit-base-patch32)")
+    src = p.add_argument_group("models: an engine bundle, a preset, or checkpoints "
+                               "(default facebook/musicgen-small + openai/clip-vit-base-patch32)")
+    src.add_argument("--engines", default=None, metavar="DIR",
+                     help="engine bundle from export/build_engines.py (runs on onnxruntime, no torch)")
+    src.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime (default: all cores)")
     src.add_argument("--preset", choices=PRESETS, default=None,
                      help="built-in random-weight models: tiny (tests, demo) or real sizes (benchmarks)")
     src.add_argument("--musicgen", default=None, help="MusicGen hub id or local directory")
@@ -77,26 +83,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, greedy=args.greedy,
     )
-    if args.preset and (args.musicgen or args.clip):
-        raise Img2MusicError("give either --preset or --musicgen/--clip, not both")
+    if sum(bool(x) for x in (args.engines, args.preset, args.musicgen or args.clip)) > 1:
+        raise Img2MusicError("give one of --engines, --preset or --musicgen/--clip")
     # Everything the user typed is checked before the (slow) model load.
     images = check_images(args.image)
     out_dir = prepare_output_dir(args.out)
 
     from tqdm import tqdm
 
-    from export.models import load_models
     from runtime.delay_pattern import frames_for_seconds, steps_for_frames
-    from runtime.reference import ReferencePipeline
     from runtime.timing import StageTimer
 
     timer = StageTimer()
-    with timer.stage("load models"):
-        models = load_models(preset=args.preset, musicgen=args.musicgen, clip=args.clip)
-    with timer.stage("prompt bank"):
-        pipeline = ReferencePipeline(models)
-    frames = frames_for_seconds(args.seconds, models.frame_rate)
-    steps = steps_for_frames(frames, models.num_codebooks)
+    if args.engines:
+        from runtime.onnx_pipeline import OnnxPipeline
+
+        with timer.stage("load bundle"):
+            pipeline = OnnxPipeline.load(args.engines, threads=args.threads)
+    else:
+        from export.models import load_models
+        from runtime.reference import ReferencePipeline
+
+        with timer.stage("load models"):
+            models = load_models(preset=args.preset, musicgen=args.musicgen, clip=args.clip)
+        with timer.stage("prompt bank"):
+            pipeline = ReferencePipeline(models)
+    frames = frames_for_seconds(args.seconds, pipeline.frame_rate)
+    steps = steps_for_frames(frames, pipeline.num_codebooks)
     start = time.perf_counter()
     with tqdm(total=steps, desc="decoder steps", unit="step", disable=args.no_progress, file=sys.stderr) as bar:
         # transformers may run one forward more than the steps that produce tokens

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,26 +23,11 @@ import numpy as np
 from runtime.delay_pattern import frames_for_seconds, steps_for_frames
 from runtime.errors import Img2MusicError
 from runtime.preprocess import ImageLike, preprocess_images
+from runtime.result import GenerationResult
 from runtime.sampling import SamplingConfig
 from runtime.timing import StageTimer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReferenceResult:
-    """Audio for a batch of images, with what was chosen and how long each stage took."""
-
-    audio: np.ndarray
-    """(B, samples) float32 waveforms."""
-    sample_rate: int
-    """Samples per second of ``audio``."""
-    codes: np.ndarray
-    """(B, K, F) int64 audio codes after un-delaying."""
-    directives: list[str] | None
-    """The prompt-bank directive chosen per image (None for a trained projector)."""
-    timer: StageTimer
-    """Seconds spent per stage."""
 
 
 class ReferencePipeline:
@@ -60,6 +44,14 @@ class ReferencePipeline:
 
             projector = PromptBankProjector(build_prompt_bank(models))
         self.projector = projector
+
+    @property
+    def frame_rate(self) -> int:
+        return self.models.frame_rate
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.models.num_codebooks
 
     @property
     def max_frames(self) -> int:
@@ -153,7 +145,7 @@ class ReferencePipeline:
         seconds: float,
         sampling: SamplingConfig | None = None,
         on_step: Callable[[], None] | None = None,
-    ) -> ReferenceResult:
+    ) -> GenerationResult:
         sampling = sampling or SamplingConfig()
         timer = StageTimer()
         frames = frames_for_seconds(seconds, self.models.frame_rate)
@@ -167,7 +159,7 @@ class ReferencePipeline:
             codes = self.generate_codes(cond.conditioning, cond.mask, frames, sampling, on_step)
         with timer.stage("encodec"):
             audio = self.decode_audio(codes)
-        return ReferenceResult(audio, self.models.sample_rate, codes.numpy(), cond.directives, timer)
+        return GenerationResult(audio, self.models.sample_rate, codes.numpy(), cond.directives, timer)
 
 
 def _torch_module_base():
