@@ -41,11 +41,24 @@ def undelay(sequence: np.ndarray, num_codebooks: int) -> np.ndarray:
     return np.stack([sequence[:, i, i + 1 : i + 1 + frames] for i in range(k)], axis=1)
 
 
+MIN_FRAMES = 4
+"""Shortest generation: EnCodec's first convolution reflect-pads 3 frames (its exported
+graph needs 4), and transformers applies no delay pattern below 2K-1 positions."""
+
+
+def check_frames(frames: int, frame_rate: int = 50) -> int:
+    if frames < MIN_FRAMES:
+        raise Img2MusicError(
+            f"at least {MIN_FRAMES} frames ({MIN_FRAMES * 1000 // frame_rate} ms) per generation; asked for {frames}"
+        )
+    return frames
+
+
 def frames_for_seconds(seconds: float, frame_rate: int) -> int:
-    """Audio frames for a duration; at least one."""
+    """Audio frames for a duration (at least :data:`MIN_FRAMES`)."""
     if not seconds > 0:
         raise Img2MusicError(f"duration must be positive, got {seconds} s")
-    return max(1, int(round(seconds * frame_rate)))
+    return check_frames(int(round(seconds * frame_rate)), frame_rate)
 
 
 def steps_for_frames(frames: int, num_codebooks: int) -> int:

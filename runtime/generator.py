@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.decoder_session import DecoderSession
-from runtime.delay_pattern import apply_delay_pattern, delay_pattern_mask, undelay
+from runtime.delay_pattern import apply_delay_pattern, check_frames, delay_pattern_mask, undelay
 from runtime.errors import Img2MusicError
 from runtime.logits_sampling import TokenSampler, apply_guidance
 from runtime.sampling import SamplingConfig
@@ -42,8 +42,7 @@ class MusicGenerator:
     def begin(self, frames: int, seed: int) -> None:
         """Start a sequence that will hold ``frames`` audio frames."""
         k = self.num_codebooks
-        if frames < k - 1:
-            raise Img2MusicError(f"at least {k - 1} frames per generation; asked for {frames}")
+        check_frames(frames)
         length = frames + k
         if length - 1 > self.decoder.shape.max_length:
             raise Img2MusicError(

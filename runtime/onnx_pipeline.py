@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.bundle import Bundle, check_session, load_bundle
 from runtime.decoder_session import DecoderSession, DecoderShape
-from runtime.delay_pattern import frames_for_seconds
+from runtime.delay_pattern import check_frames, frames_for_seconds
 from runtime.generator import MusicGenerator
 from runtime.onnx_session import create_session
 from runtime.preprocess import ClipImageConfig, ImageLike, preprocess_images
@@ -79,6 +79,7 @@ class OnnxPipeline:
 
     def decode_audio(self, codes: np.ndarray) -> np.ndarray:
         """(B, K, F) -> (B, F * hop) float32."""
+        check_frames(codes.shape[-1], self.frame_rate)
         return self.sessions["encodec_decode"].run(None, {"audio_codes": codes.astype(np.int64)})[0][:, 0]
 
     def __call__(

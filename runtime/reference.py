@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from runtime.delay_pattern import frames_for_seconds, steps_for_frames
+from runtime.delay_pattern import check_frames, frames_for_seconds
 from runtime.errors import Img2MusicError
 from runtime.preprocess import ImageLike, preprocess_images
 from runtime.result import GenerationResult
@@ -82,11 +82,7 @@ class ReferencePipeline:
             )
         mg = self.models.musicgen
         k = self.models.num_codebooks
-        if frames < k - 1:
-            # transformers applies no delay pattern to sequences shorter than 2K-1
-            raise Img2MusicError(
-                f"at least {k - 1} frames ({(k - 1) * 1000 // self.models.frame_rate} ms) per generation; asked for {frames}"
-            )
+        check_frames(frames, self.models.frame_rate)
         kwargs = dict(
             max_length=frames + k,  # start token + frames + (K-1) delay steps
             do_sample=not sampling.greedy,

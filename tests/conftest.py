@@ -63,3 +63,21 @@ def tiny_checkpoint_dirs(tmp_path_factory, tiny_models):
 
 def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_models):
+    """The tiny preset exported as an engine bundle (validated during the build)."""
+    from export.build_engines import build_bundle
+
+    root = tmp_path_factory.mktemp("bundles") / "tiny"
+    lines = []
+    build_bundle(root, tiny_models, report=lines.append)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_bundle):
+    from runtime.onnx_pipeline import OnnxPipeline
+
+    return OnnxPipeline.load(tiny_bundle, threads=2)

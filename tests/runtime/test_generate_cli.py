@@ -71,7 +71,7 @@ def test_bad_input_fails_cleanly(case, tmp_path, photo_files):
         "zero-seconds": (["--preset", "tiny", "--image", good, "--seconds", "0"], "positive"),
         "unknown-preset": (["--preset", "huge", "--image", good], "invalid choice"),
         "unwritable-out": (["--preset", "tiny", "--image", good, "--out", blocker / "sub"], "cannot write"),
-        "preset-and-checkpoint": (["--preset", "tiny", "--musicgen", "x/y", "--image", good], "either --preset"),
+        "preset-and-checkpoint": (["--preset", "tiny", "--musicgen", "x/y", "--image", good], "give one of"),
         "bad-temperature": (["--preset", "tiny", "--image", good, "--temperature", "0"], "temperature"),
         "missing-model": (["--musicgen", tmp_path / "no-model", "--clip", tmp_path / "no-clip", "--image", good,
                            "--out", tmp_path / "o"], "model directory not found"),

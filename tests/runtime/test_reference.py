@@ -65,7 +65,7 @@ def test_too_long_for_one_pass(tiny_pipeline, photos):
         tiny_pipeline([photos["rocket"]], 60.0)
     with pytest.raises(Img2MusicError, match="positive"):
         tiny_pipeline([photos["rocket"]], 0.0)
-    with pytest.raises(Img2MusicError, match="at least 3 frames"):
+    with pytest.raises(Img2MusicError, match="at least 4 frames"):
         tiny_pipeline([photos["rocket"]], 0.02)
 
 

@@ -1,0 +1,100 @@
+"""Exported graphs vs the transformers modules, and the bundle manifest (tiny preset)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from export.validation import FP32_TOLERANCE
+from runtime.bundle import GRAPHS, load_bundle
+from tests.conftest import max_abs
+
+
+def test_build_validates_every_graph(tiny_bundle):
+    manifest = load_bundle(tiny_bundle).manifest
+    checked = {c["graph"] for c in manifest["validation"]}
+    assert checked == set(GRAPHS)
+    for c in manifest["validation"]:
+        assert c["max_abs_diff"] <= c["tolerance"] == FP32_TOLERANCE, c
+
+
+def test_manifest_describes_the_bundle(tiny_bundle, tiny_models):
+    m = load_bundle(tiny_bundle).manifest
+    assert m["schema_version"] == 1
+    assert m["audio"] == {"sample_rate": 32000, "frame_rate": 50, "hop_length": 640, "channels": 1}
+    dec = tiny_models.musicgen.config.decoder
+    assert m["decoder"]["num_layers"] == dec.num_hidden_layers and m["decoder"]["max_length"] == 2048
+    assert m["decoder"]["pad_token_id"] == 2048 and m["decoder"]["num_codebooks"] == 4
+    assert len(m["conditioning"]["directives"]) >= 120
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
+    assert {g["opset"] for g in m["graphs"].values()} == {17}
+    assert "onnxruntime" in m["tools"] and "transformers" in m["tools"]
+    assert not any(name.startswith("t5") for name in m["files"])  # T5 stays out of the runtime
+
+
+def test_decoder_step_matches_transformers_up_to_the_last_position(tiny_onnx, tiny_models):
+    """Teacher-forced random codes for all 2048 positions, guidance rows included; logits
+    compared at the first, middle and last cache positions, and the cache rows."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    from export.validation import validation_conditioning
+
+    mg = tiny_models.musicgen
+    cond, mask = validation_conditioning(tiny_models, batch=1, cond_len=5, seed=3)
+    decoder = tiny_onnx.decoder
+    decoder.set_conditioning(cond, mask)
+    rng = np.random.default_rng(0)
+    compare_at = {0, 1, 2, 1023, 1500, 2047}
+    diffs = {}
+    with torch.no_grad():
+        states = mg.enc_to_dec_proj(torch.from_numpy(cond)) * torch.from_numpy(mask)[..., None]
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        for pos in range(2048):
+            ids = rng.integers(0, 2049, (2, 4))
+            out = mg.decoder(input_ids=torch.from_numpy(ids).reshape(-1, 1), encoder_hidden_states=states,
+                             encoder_attention_mask=torch.from_numpy(mask), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            ours = decoder.step(ids)
+            if pos in compare_at:
+                diffs[pos] = max_abs(ours, out.logits.reshape(2, 4, -1))
+    assert set(diffs) == compare_at
+    assert max(diffs.values()) <= FP32_TOLERANCE, diffs
+    for layer in range(mg.config.decoder.num_hidden_layers):
+        ref = cache.self_attention_cache.layers[layer]
+        assert max_abs(decoder.cache_rows(layer, "key", 2048), ref.keys) <= FP32_TOLERANCE
+        assert max_abs(decoder.cache_rows(layer, "value", 2048), ref.values) <= FP32_TOLERANCE
+    with pytest.raises(Exception, match="re-prime"):
+        decoder.step(rng.integers(0, 2048, (2, 4)))
+
+
+def test_projector_graph_picks_like_the_prompt_bank(tiny_onnx, tiny_pipeline, photos):
+    from runtime.preprocess import preprocess_images
+
+    images = list(photos.values())
+    pixels = preprocess_images(images, tiny_onnx.image_config)
+    embeds = tiny_onnx.embed_images(pixels)
+    ref_embeds = tiny_pipeline.embed_images(pixels).numpy()
+    assert max_abs(embeds, ref_embeds) <= FP32_TOLERANCE
+    cond, mask, directives = tiny_onnx.project(embeds)
+    ref = tiny_pipeline.projector(torch.from_numpy(embeds))
+    assert directives == ref.directives
+    np.testing.assert_array_equal(mask, ref.mask.numpy())
+    assert max_abs(cond, ref.conditioning) == 0.0
+
+
+@pytest.mark.parametrize("frames", [4, 17, 120])
+def test_encodec_graph_any_length(tiny_onnx, tiny_models, frames):
+    codes = np.random.default_rng(frames).integers(0, 2048, (2, 4, frames))
+    with torch.no_grad():
+        ref = tiny_models.musicgen.audio_encoder.decode(torch.from_numpy(codes)[None], [None]).audio_values[:, 0]
+    ours = tiny_onnx.decode_audio(codes)
+    assert ours.shape == (2, frames * 640)
+    assert max_abs(ours, ref) <= FP32_TOLERANCE
+
+
+def test_too_few_frames_are_refused(tiny_onnx):
+    from runtime.errors import Img2MusicError
+
+    with pytest.raises(Img2MusicError, match="at least 4 frames"):
+        tiny_onnx.decode_audio(np.zeros((1, 4, 3), dtype=np.int64))
