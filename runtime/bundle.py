@@ -105,6 +105,23 @@ def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     return Bundle(root, manifest)
 
 
+def check_decoder_config(bundle: Bundle, step_session) -> None:
+    """The manifest's decoder facts must describe the decoder_step graph actually shipped."""
+    from export.graph_specs import decoder_step_spec
+
+    d = bundle.decoder
+    try:
+        spec = decoder_step_spec(d["num_codebooks"], d["vocab_size"], d["num_layers"], d["num_heads"], d["head_dim"])
+    except (KeyError, TypeError) as exc:
+        raise Img2MusicError(f"corrupt bundle manifest: decoder config incomplete ({exc})") from exc
+    graph = {"inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.inputs],
+             "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.outputs]}
+    try:
+        check_session(step_session, "decoder_step", graph)
+    except Img2MusicError as exc:
+        raise Img2MusicError(f"the manifest's decoder config does not match decoder_step.onnx ({exc})") from exc
+
+
 def check_session(session, graph_name: str, graph: dict) -> None:
     """The session's I/O must be exactly the spec recorded at export (names, dtypes, fixed dims)."""
     type_names = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}

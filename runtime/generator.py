@@ -55,6 +55,14 @@ class MusicGenerator:
         self.sampler = TokenSampler(seed)
         self.decoder.reset()
 
+    def seek(self, position: int) -> None:
+        """Continue as if ``position`` steps had run (benchmarks: the cache rows before it
+        hold whatever is in memory, so the tokens are meaningless but the cost is real)."""
+        if not 0 <= position < self.length - 1:
+            raise Img2MusicError(f"position {position} is outside this sequence (length {self.length})")
+        self.t = position
+        self.decoder.position = position
+
     @property
     def steps_left(self) -> int:
         return self.length - 1 - self.t

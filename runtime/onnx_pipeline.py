@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from runtime.bundle import Bundle, check_session, load_bundle
+from runtime.bundle import Bundle, check_decoder_config, check_session, load_bundle
 from runtime.decoder_session import DecoderSession, DecoderShape
 from runtime.delay_pattern import check_frames, frames_for_seconds
 from runtime.generator import MusicGenerator
@@ -37,6 +37,7 @@ class OnnxPipeline:
             check_session(session, name, bundle.graph(name))
             sessions[name] = session
         self.sessions = sessions
+        check_decoder_config(bundle, sessions["decoder_step"])
         d = bundle.decoder
         self.decoder = DecoderSession(
             sessions["decoder_step"], sessions["cross_kv"],

@@ -1,0 +1,38 @@
+"""What machine a benchmark ran on (recorded with every result)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_record() -> dict:
+    versions = {}
+    for dist in ("onnxruntime", "torch", "transformers", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "cores_available": cores,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
