@@ -5,9 +5,11 @@ Usage::
     python -m runtime.demo --out out/demo            # what `make demo` runs
     python -m runtime.demo --preset small-random --seconds 10
 
-Writes the photographs to ``<out>/images/`` and one WAV per photograph to ``<out>/``,
-then prints the chosen directives and per-stage timings (runtime/generate.py does
-the work). Random weights make noise, not music: the demo shows the pipeline runs.
+Writes the photographs to ``<out>/images/``; runs the PyTorch reference pipeline
+(one WAV per photograph in ``<out>/reference/``), exports the models into an engine
+bundle (``<out>/engines/``) and runs it on ONNX Runtime (``<out>/onnx/``), printing
+the chosen directives and per-stage timings of both. Random weights make noise, not
+music: the demo shows every stage running and what it costs.
 """
 
 from __future__ import annotations
@@ -51,12 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     photos = write_photos(out / "images")
     print(f"photographs: {', '.join(str(p) for p in photos)}")
+    from export import build_engines
     from runtime import generate
 
-    gen_args = ["--preset", args.preset, "--seconds", args.seconds, "--out", str(out)]
-    for photo in photos:
-        gen_args += ["--image", str(photo)]
-    return generate.main(gen_args)
+    images = [arg for photo in photos for arg in ("--image", str(photo))]
+    common = ["--seconds", args.seconds, "--no-progress", *images]
+    print("\n== PyTorch reference (transformers) ==")
+    generate.main(["--preset", args.preset, "--out", str(out / "reference"), *common])
+    print("\n== export: engine bundle ==")
+    build_engines.main(["--preset", args.preset, "--out", str(out / "engines"), "--force"])
+    print("\n== ONNX Runtime (the exported runtime, no torch) ==")
+    return generate.main(["--engines", str(out / "engines"), "--out", str(out / "onnx"), *common])
 
 
 if __name__ == "__main__":
