@@ -5,6 +5,7 @@ Usage::
     python export/build_engines.py --preset tiny --out engines/tiny
     python export/build_engines.py --musicgen facebook/musicgen-small \\
         --clip openai/clip-vit-base-patch32 --out engines/small
+    python export/build_engines.py --preset small-random --precision int8 --out engines/small-int8
 
 Writes clip_vision, projector (the prompt bank's selection), cross_kv, decoder_step
 (in-place GroupQueryAttention KV cache) and encodec_decode as ONNX, validates each
@@ -13,6 +14,11 @@ manifest.json with configs, hashes and versions. The bundle is assembled in
 ``<out>.partial`` and renamed at the end, so a failed or interrupted build leaves
 nothing half-written under ``--out``. T5 never enters the bundle: the prompt bank's
 T5 encodings are computed here.
+
+``--precision int8|int4`` then calibrates (calibration/): fp32 generations over
+representative images give per-channel int8 KV cache scales, decoder_step gets 8- or
+4-bit MatMulNBits weights and an int8 cache, clip_vision 8-bit weights, and an
+accuracy report against fp32 (accuracy_report.json/.md) gates the build.
 """
 
 from __future__ import annotations
@@ -45,7 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--musicgen", default=None, help="MusicGen hub id or local directory (default facebook/musicgen-small)")
     p.add_argument("--clip", default=None, help="CLIP hub id or local directory (default openai/clip-vit-base-patch32)")
     p.add_argument("--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend")
-    p.add_argument("--precision", choices=("fp32",), default="fp32", help="weight precision of the graphs")
+    p.add_argument("--precision", choices=("fp32", "int8", "int4"), default="fp32",
+                   help="fp32, or quantized: int8 / int4 decoder weights, both with an int8 KV cache")
+    c = p.add_argument_group("calibration (int8 / int4)")
+    c.add_argument("--calibration-images", default=None, metavar="DIR",
+                   help="folder of representative images (default: skimage.data photographs + augmentations)")
+    c.add_argument("--calibration-image-limit", type=int, default=None, help="use only the first N augmented images")
+    c.add_argument("--calibration-steps", type=int, default=250, help="decoder steps per calibration generation")
+    c.add_argument("--report-steps", type=int, default=250, help="steps of the accuracy report's generations")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--seed", type=int, default=0, help="seed for preset weights and validation inputs")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -61,7 +74,7 @@ class _Progress:
         print(f"[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.start:.1f} s)", flush=True)
 
 
-def build_bundle(out: Path, models, seed: int = 0, report=print) -> dict:
+def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=None) -> dict:
     """Export, validate and describe every graph into ``out`` (which must not exist)."""
     import torch
 
@@ -80,7 +93,7 @@ def build_bundle(out: Path, models, seed: int = 0, report=print) -> dict:
     from training.projector import PromptBankProjector
     from training.prompt_bank import build_prompt_bank
 
-    progress = _Progress(7)
+    progress = _Progress(7 if quantization is None else 8)
     out.mkdir(parents=True)
     mg = models.musicgen
     dec = mg.config.decoder
@@ -137,11 +150,20 @@ def build_bundle(out: Path, models, seed: int = 0, report=print) -> dict:
     if failed:
         raise Img2MusicError(f"export validation failed for {len(failed)} output(s): "
                              + ", ".join(f"{c.graph}.{c.output}" for c in failed))
+    quantized = None
+    if quantization is not None:
+        from calibration.build_quantized import quantize_bundle
+
+        progress(f"{quantization.precision}: calibration, quantization, accuracy report")
+        quantized = quantize_bundle(out, shape, int(mg.generation_config.pad_token_id), models.image_config,
+                                    quantization, report=report)
+        specs["decoder_step"] = decoder_step_spec(models.num_codebooks, dec.vocab_size, dec.num_hidden_layers,
+                                                  heads, head_dim, kv_cache_dtype="int8")
     progress("manifest.json (hashes, configs, versions)")
     gc = mg.generation_config
     defaults = {"guidance_scale": float(gc.guidance_scale or 3.0), "top_k": int(gc.top_k or 250),
                 "temperature": float(gc.temperature or 1.0)}
-    return write_manifest(out, specs, models, bank.directives, bank.num_tokens, checks, defaults)
+    return write_manifest(out, specs, models, bank.directives, bank.num_tokens, checks, defaults, quantized)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,8 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     print("loading models ...", flush=True)
     models = load_models(preset=args.preset, musicgen=args.musicgen, clip=args.clip, seed=args.seed)
+    quantization = None
+    if args.precision != "fp32":
+        from calibration.build_quantized import QuantizationOptions
+        from calibration.kv_calibration import KvCalibrationConfig
+
+        quantization = QuantizationOptions(
+            precision=args.precision, images=args.calibration_images, image_limit=args.calibration_image_limit,
+            kv=KvCalibrationConfig(steps=args.calibration_steps, seed=args.seed), report_steps=args.report_steps,
+        )
     try:
-        manifest = build_bundle(partial, models, seed=args.seed)
+        manifest = build_bundle(partial, models, seed=args.seed, quantization=quantization)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -173,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(out)
     partial.rename(out)
     total = sum(f["bytes"] for f in manifest["files"].values())
-    print(f"bundle written to {out}: {len(manifest['files'])} files, {total / 2**20:.1f} MiB, "
+    print(f"{manifest['precision']} bundle written to {out}: {len(manifest['files'])} files, {total / 2**20:.1f} MiB, "
           f"{time.perf_counter() - start:.1f} s")
     return 0
 

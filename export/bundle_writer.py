@@ -44,7 +44,10 @@ def file_entries(root: Path) -> dict[str, dict]:
 
 
 def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_directives: list[str] | None,
-                   num_tokens: int, validation: list, sampling_defaults: dict) -> dict:
+                   num_tokens: int, validation: list, sampling_defaults: dict, quantized: dict | None = None) -> dict:
+    """``quantized``: the sections ``calibration.build_quantized.quantize_bundle`` returned."""
+    quantized = dict(quantized or {})
+    precisions = quantized.pop("graph_precisions", {})
     mg = models.musicgen
     dec = mg.config.decoder
     manifest = {
@@ -52,7 +55,7 @@ def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_direct
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": models.source,
         "tools": tool_versions(),
-        "precision": "fp32",
+        "precision": quantized.pop("precision", "fp32"),
         "audio": {
             "sample_rate": models.sample_rate,
             "frame_rate": models.frame_rate,
@@ -82,11 +85,12 @@ def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_direct
             "image": models.image_config.to_dict(),
         },
         "generation_defaults": sampling_defaults,
-        "graphs": {name: graph_entry(spec) for name, spec in graphs.items()},
+        "graphs": {name: graph_entry(spec, precisions.get(name, "fp32")) for name, spec in graphs.items()},
         "validation": [
             {"graph": c.graph, "output": c.output, "max_abs_diff": c.max_abs_diff, "tolerance": c.tolerance}
             for c in validation
         ],
+        **quantized,
         "files": file_entries(root),
     }
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")

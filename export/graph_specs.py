@@ -96,7 +96,10 @@ def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int)
     )
 
 
-def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int) -> GraphSpec:
+def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int,
+                      kv_cache_dtype: str = "float32") -> GraphSpec:
+    """The step graph; with ``kv_cache_dtype="int8"`` the cache is int8 and per-channel
+    scales ``k_scale.{i}`` / ``v_scale.{i}`` (1, H, 1, 64) are inputs."""
     inputs = [
         TensorSpec("input_ids", "int64", ("batch", num_codebooks)),
         TensorSpec("seqlens_k", "int32", ("batch",)),
@@ -109,8 +112,12 @@ def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads
         inputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
     for i in range(num_layers):
         for kind in ("key", "value"):
-            inputs.append(TensorSpec(f"past_{kind}.{i}", "float32", ("batch", num_heads, "cache_len", head_dim)))
-            outputs.append(TensorSpec(f"present_{kind}.{i}", "float32", ("batch", num_heads, "cache_len", head_dim)))
+            inputs.append(TensorSpec(f"past_{kind}.{i}", kv_cache_dtype, ("batch", num_heads, "cache_len", head_dim)))
+            outputs.append(TensorSpec(f"present_{kind}.{i}", kv_cache_dtype, ("batch", num_heads, "cache_len", head_dim)))
+    if kv_cache_dtype == "int8":
+        for i in range(num_layers):
+            for kind in ("k", "v"):
+                inputs.append(TensorSpec(f"{kind}_scale.{i}", "float32", (1, num_heads, 1, head_dim)))
     return GraphSpec("decoder_step", tuple(inputs), tuple(outputs))
 
 

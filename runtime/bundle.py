@@ -61,6 +61,35 @@ class Bundle:
     def precision(self) -> str:
         return self.manifest.get("precision", "fp32")
 
+    @property
+    def kv_cache_dtype(self) -> str:
+        return self.manifest.get("kv_cache", {}).get("dtype", "float32")
+
+    def kv_scales(self):
+        """The calibrated int8 KV cache scales (layers, 2, H, 64), or None for a float cache.
+
+        The scale file names the decoder graph it was calibrated for; any other is refused."""
+        import numpy as np
+
+        kv = self.manifest.get("kv_cache", {})
+        if kv.get("dtype", "float32") != "int8":
+            return None
+        name = kv.get("scales_file")
+        if name not in self.manifest["files"]:
+            raise Img2MusicError("int8 KV cache bundle without a listed scale file")
+        try:
+            with np.load(self.root / name, allow_pickle=False) as data:
+                scales = data["scales"].astype(np.float32)
+                made_for = str(data["decoder_step_sha256"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise Img2MusicError(f"cannot read KV cache scales {name}: {exc}") from exc
+        decoder_file = self.manifest["graphs"]["decoder_step"]["file"]
+        if made_for != self.manifest["files"][decoder_file]["sha256"]:
+            raise Img2MusicError(
+                f"KV cache scales {name} were calibrated for another decoder_step graph; rebuild the bundle"
+            )
+        return scales
+
 
 def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     """Read and verify a bundle; raises :class:`Img2MusicError` with the reason."""
@@ -111,7 +140,8 @@ def check_decoder_config(bundle: Bundle, step_session) -> None:
 
     d = bundle.decoder
     try:
-        spec = decoder_step_spec(d["num_codebooks"], d["vocab_size"], d["num_layers"], d["num_heads"], d["head_dim"])
+        spec = decoder_step_spec(d["num_codebooks"], d["vocab_size"], d["num_layers"], d["num_heads"], d["head_dim"],
+                                 kv_cache_dtype=bundle.kv_cache_dtype)
     except (KeyError, TypeError) as exc:
         raise Img2MusicError(f"corrupt bundle manifest: decoder config incomplete ({exc})") from exc
     graph = {"inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.inputs],
@@ -124,7 +154,8 @@ def check_decoder_config(bundle: Bundle, step_session) -> None:
 
 def check_session(session, graph_name: str, graph: dict) -> None:
     """The session's I/O must be exactly the spec recorded at export (names, dtypes, fixed dims)."""
-    type_names = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
+    type_names = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
+                  "tensor(int8)": "int8"}
     for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         expected = graph.get(kind, [])
         if [a.name for a in actual] != [e["name"] for e in expected]:

@@ -41,13 +41,33 @@ class DecoderShape:
 class DecoderSession:
     """Runs ``decoder_step.onnx`` step by step over a preallocated cache."""
 
-    def __init__(self, step_session, cross_kv_session, shape: DecoderShape) -> None:
+    def __init__(self, step_session, cross_kv_session, shape: DecoderShape, kv_scales: np.ndarray | None = None) -> None:
         import onnxruntime as ort
 
         self._ort = ort
         self.step_session = step_session
         self.cross_kv_session = cross_kv_session
         self.shape = shape
+        cache_type = {i.name: i.type for i in step_session.get_inputs()}.get("past_key.0")
+        self.cache_dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8}.get(cache_type)
+        if self.cache_dtype is None:
+            raise Img2MusicError(f"decoder_step has an unsupported KV cache type {cache_type}")
+        quantized = self.cache_dtype == np.int8
+        if quantized != (kv_scales is not None):
+            raise Img2MusicError("an int8 KV cache needs its calibrated scales, and only an int8 cache takes them")
+        if quantized:
+            expected = (shape.num_layers, 2, shape.num_heads, shape.head_dim)
+            if kv_scales.shape != expected or not np.all(np.isfinite(kv_scales)) or not np.all(kv_scales > 0):
+                raise Img2MusicError(
+                    f"KV cache scales must be positive, finite and shaped {expected}; got {kv_scales.shape}"
+                )
+            # (layers, 2, H, 64) -> per layer and kind (1, H, 1, 64), as GroupQueryAttention's k_scale/v_scale.
+            self._scales = {
+                f"{kind}_scale.{i}": np.ascontiguousarray(kv_scales[i, j][None, :, None, :], dtype=np.float32)
+                for i in range(shape.num_layers) for j, kind in enumerate(("k", "v"))
+            }
+        else:
+            self._scales = {}
         self.batch = 0
         self.position = 0
         self._binding = None
@@ -60,7 +80,7 @@ class DecoderSession:
         self._cache = []
         for i in range(s.num_layers):
             for kind in ("key", "value"):
-                value = ort.OrtValue.ortvalue_from_shape_and_type(cache_shape, np.float32)
+                value = ort.OrtValue.ortvalue_from_shape_and_type(cache_shape, self.cache_dtype)
                 binding.bind_ortvalue_input(f"past_{kind}.{i}", value)
                 binding.bind_ortvalue_output(f"present_{kind}.{i}", value)  # same memory: in place
                 self._cache.append(value)
@@ -73,6 +93,8 @@ class DecoderSession:
             "seqlens_k": ort.OrtValue.ortvalue_from_numpy(self._seqlens),
             "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(self._total),
         }
+        for name, scale in self._scales.items():
+            self._step_values[name] = ort.OrtValue.ortvalue_from_numpy(scale)
         for name, value in self._step_values.items():
             binding.bind_ortvalue_input(name, value)
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)

@@ -43,6 +43,7 @@ class OnnxPipeline:
             sessions["decoder_step"], sessions["cross_kv"],
             DecoderShape(d["num_layers"], d["num_heads"], d["head_dim"], d["num_codebooks"], d["vocab_size"],
                          d["max_length"]),
+            kv_scales=bundle.kv_scales(),
         )
         self.generator = MusicGenerator(self.decoder, pad_id=d["pad_token_id"])
         image = dict(bundle.manifest["clip"]["image"])
