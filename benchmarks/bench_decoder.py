@@ -4,6 +4,8 @@ Usage::
 
     python export/build_engines.py --preset small-random --out engines/small-random
     python benchmarks/bench_decoder.py --bundle engines/small-random --threads 2
+    python benchmarks/bench_decoder.py --bundle engines/small-random --bundle engines/small-int8 \
+        --bundle engines/small-int4 --threads 2
 
 Batch 1 with classifier-free guidance (2 rows), at 16 / 256 / 1024 / 1500 cached
 positions. "all-in" is one generator step as the runtime runs it: graph + guidance +
@@ -124,7 +126,8 @@ def summarize(values: list[float]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Decoder step latency, ORT vs transformers eager.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--bundle", required=True, help="engine bundle directory")
+    p.add_argument("--bundle", action="append", required=True,
+                   help="engine bundle directory; repeat to compare several in one run")
     p.add_argument("--preset", default=None,
                    help="preset for the eager baseline (default: the bundle's own preset, if it came from one)")
     p.add_argument("--positions", type=parse_positions, default=[16, 256, 1024, 1500], help="cached positions")
@@ -139,12 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from runtime.onnx_pipeline import OnnxPipeline
 
-    pipeline = OnnxPipeline.load(args.bundle, threads=args.threads, verify_hashes=False)
-    cond, mask = conditioning_from_bundle(pipeline)
     sampling = SamplingConfig(guidance_scale=3.0, temperature=1.0, top_k=250, seed=0)
-    print(f"ONNX Runtime {pipeline.bundle.precision}: {args.bundle}", flush=True)
-    onnx = bench_onnx(pipeline, cond, mask, args.positions, sampling, args.warmup, args.repeats)
-    del pipeline
+    onnx_results = {}
+    cond = mask = None
+    for bundle in args.bundle:
+        pipeline = OnnxPipeline.load(bundle, threads=args.threads, verify_hashes=False)
+        if cond is None:
+            cond, mask = conditioning_from_bundle(pipeline)
+        label = f"ORT {pipeline.bundle.precision}"
+        print(f"{label}: {bundle}", flush=True)
+        onnx_results[label] = bench_onnx(pipeline, cond, mask, args.positions, sampling, args.warmup, args.repeats)
+        del pipeline
 
     eager = None
     if not args.no_eager:
@@ -152,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from export.models import load_models
 
-        preset = args.preset or json.loads((Path(args.bundle) / "manifest.json").read_text())["source"].get("preset")
+        manifest = json.loads((Path(args.bundle[0]) / "manifest.json").read_text())
+        preset = args.preset or manifest["source"].get("preset")
         if preset is None:
             raise Img2MusicError("the eager baseline needs --preset (the bundle was not built from one)")
         torch.set_num_threads(args.threads)
@@ -162,21 +171,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     machine = machine_record()
     rows = []
-    print(f"\nmachine: {machine['cpu']}, {args.threads} threads; batch 1 + guidance (2 rows), median ms/step")
-    print("| cached positions | ORT graph | ORT all-in | eager all-in | eager / ORT |")
-    print("|---:|---:|---:|---:|---:|")
+    labels = list(onnx_results)
+    print(f"\nmachine: {machine['cpu']}, {args.threads} threads; batch 1 + guidance (2 rows); "
+          "median ms/step (graph = session alone, all-in = graph + guidance + sampling)")
+    header = "| cached positions |" + "".join(f" {lab} graph | {lab} all-in |" for lab in labels)
+    if eager:
+        header += " eager all-in |" + "".join(f" eager / {lab} |" for lab in labels)
+    print(header)
+    print("|" + "---:|" * (header.count("|") - 1))
     for pos in args.positions:
-        g = summarize(onnx[pos]["graph_ms"])
-        a = summarize(onnx[pos]["all_in_ms"])
-        row = {"positions": pos, "ort_graph_ms": g, "ort_all_in_ms": a}
-        e_text = ratio = "-"
+        row = {"positions": pos}
+        cells = []
+        for lab in labels:
+            g = summarize(onnx_results[lab][pos]["graph_ms"])
+            a = summarize(onnx_results[lab][pos]["all_in_ms"])
+            row[lab] = {"graph_ms": g, "all_in_ms": a}
+            cells += [f"{g['median']:.1f}", f"{a['median']:.1f}"]
         if eager:
             e = summarize(eager[pos]["all_in_ms"])
             row["eager_all_in_ms"] = e
-            row["speedup"] = e["median"] / a["median"]
-            e_text, ratio = f"{e['median']:.1f}", f"{row['speedup']:.2f}x"
+            cells.append(f"{e['median']:.1f}")
+            for lab in labels:
+                ratio = e["median"] / row[lab]["all_in_ms"]["median"]
+                row[lab]["speedup_vs_eager"] = ratio
+                cells.append(f"{ratio:.2f}x")
         rows.append(row)
-        print(f"| {pos} | {g['median']:.1f} | {a['median']:.1f} | {e_text} | {ratio} |")
+        print(f"| {pos} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "threads": args.threads, "rows": rows}, indent=2))
     return 0

@@ -87,7 +87,10 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
     report(f"  KV scales: keys absmax {kv.absmax[:, 0].max():.3g}, values absmax {kv.absmax[:, 1].max():.3g}")
 
     decoder_model = onnx.load(str(root / "decoder_step.onnx"), load_external_data=True)
-    decoder_model = int8_kv_cache(quantize_weights(decoder_model, bits), shape.num_heads, shape.head_dim)
+    from export.decoder_step import LM_HEADS_NODE
+
+    decoder_model = quantize_weights(decoder_model, bits, keep_8bit=[LM_HEADS_NODE] if bits < 8 else None)
+    decoder_model = int8_kv_cache(decoder_model, shape.num_heads, shape.head_dim)
     clip_model = quantize_weights(onnx.load(str(root / "clip_vision.onnx"), load_external_data=True), 8)
     tmp = root / "quantized"
     tmp.mkdir()
@@ -110,7 +113,8 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
     block = BLOCK_SIZE[bits]
     data = {
         "precision": options.precision,
-        "weights": f"decoder_step MatMulNBits {bits}-bit (block {block}, symmetric), clip_vision 8-bit",
+        "weights": f"decoder_step MatMulNBits {bits}-bit (block {block}, symmetric"
+                   + (", output heads 8-bit" if bits < 8 else "") + "), clip_vision 8-bit",
         "kv_cache": "int8, per-channel scales from calibration",
         "data": f"{len(keep)} conditionings from {len(images)} images, {options.report_steps} steps, "
                 f"seed {options.kv.seed}",
@@ -142,7 +146,8 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
         "precision": options.precision,
         "quantization": {
             "method": "onnxruntime MatMulNBits (symmetric, accuracy_level 4)",
-            "graphs": {"decoder_step": {"bits": bits, "block_size": block}, "clip_vision": {"bits": 8, "block_size": 128}},
+            "graphs": {"decoder_step": {"bits": bits, "block_size": block, "output_heads_bits": 8},
+                       "clip_vision": {"bits": 8, "block_size": 128}},
         },
         "kv_cache": {"dtype": "int8", "granularity": "per-channel (layer, k/v, head, dim)",
                      "scales_file": KV_SCALES_FILE},

@@ -3,8 +3,8 @@
 Cross-attention keys and values depend only on the conditioning, so they are never
 recomputed per step. MusicGen's ``enc_to_dec_proj`` (T5 width -> decoder width) is
 inside; the projected states are zeroed where the mask is 0, as in transformers.
-Keys come out transposed (B2, H, 64, N) so the step graph multiplies without a
-per-step transpose. The additive mask uses float32's min, not -inf, so a fully
+K and V come out as (B2, H, N, 64), the layout MultiHeadAttention takes for
+precomputed keys and values. The additive mask uses float32's min, not -inf, so a fully
 masked row (the guidance null branch) gives uniform weights over zero values
 (output exactly 0, as in transformers) instead of NaN.
 """
@@ -43,7 +43,7 @@ def build_cross_kv(musicgen) -> "onnx.ModelProto":  # noqa: F821
         ca = layer.encoder_attn
         k = g.op("Reshape", [g.op("MatMul", [states, g.weight(f"layers.{i}.k", linear_weight(ca.k_proj))]), split_heads])
         v = g.op("Reshape", [g.op("MatMul", [states, g.weight(f"layers.{i}.v", linear_weight(ca.v_proj))]), split_heads])
-        g.output(g.op("Transpose", [k], perm=[0, 2, 3, 1]), f"cross_key_t.{i}", FLOAT, spec.outputs[2 * i].shape)
+        g.output(g.op("Transpose", [k], perm=[0, 2, 1, 3]), f"cross_key.{i}", FLOAT, spec.outputs[2 * i].shape)
         g.output(g.op("Transpose", [v], perm=[0, 2, 1, 3]), f"cross_value.{i}", FLOAT, spec.outputs[2 * i + 1].shape)
     # (mask - 1) * |min|: 0 where attended, float32 min where masked.
     bias = g.op("Mul", [g.op("Sub", [mask, g.const(1.0, np.float32)]), g.const(-FLOAT32_MIN, np.float32)])

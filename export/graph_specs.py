@@ -10,7 +10,7 @@ Shapes (B2 = rows run together: 2B with classifier-free guidance, else B):
 - ``projector``:     image_embeds (B, D_clip) -> conditioning (B, N, D_t5), conditioning_mask (B, N)
                      [+ directive_index (B,), directive_score (B,) for the prompt bank]
 - ``cross_kv``:      conditioning (B2, N, D_t5), conditioning_mask (B2, N) ->
-                     cross_key_t.{i} (B2, H, 64, N), cross_value.{i} (B2, H, N, 64), cross_attention_bias (B2, 1, 1, N)
+                     cross_key.{i} / cross_value.{i} (B2, H, N, 64), cross_attention_bias (B2, 1, 1, N)
 - ``decoder_step``:  input_ids (B2, K), seqlens_k (B2,) int32 = cached positions,
                      total_sequence_length () int32 = cached + 1, cross K/V + bias, past_key.{i} /
                      past_value.{i} (B2, H, L_max, 64) -> logits (B2, K, V), present_key.{i} / present_value.{i}
@@ -85,7 +85,7 @@ def projector_spec(clip_dim: int, num_tokens: int, text_dim: int, prompt_bank: b
 def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int) -> GraphSpec:
     outputs = []
     for i in range(num_layers):
-        outputs.append(TensorSpec(f"cross_key_t.{i}", "float32", ("batch", num_heads, head_dim, "cond_len")))
+        outputs.append(TensorSpec(f"cross_key.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
         outputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
     outputs.append(TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len")))
     return GraphSpec(
@@ -108,7 +108,7 @@ def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads
     ]
     outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
     for i in range(num_layers):
-        inputs.append(TensorSpec(f"cross_key_t.{i}", "float32", ("batch", num_heads, head_dim, "cond_len")))
+        inputs.append(TensorSpec(f"cross_key.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
         inputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
     for i in range(num_layers):
         for kind in ("key", "value"):

@@ -61,7 +61,8 @@ class GraphBuilder:
         """Add a node; returns its output name (or names, when more than one)."""
         if isinstance(outputs, int):
             outputs = [f"{op_type.lower()}_{next(self._ids)}" for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), domain=domain, **attrs))
+        # Named after the first output, so tools (quantizers, profilers) can address nodes.
+        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=outputs[0], domain=domain, **attrs))
         return outputs[0] if len(outputs) == 1 else list(outputs)
 
     def model(self, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
@@ -102,3 +103,13 @@ def layer_norm(g: GraphBuilder, x: str, module, prefix: str) -> str:
 def linear_weight(module, scale: float = 1.0) -> np.ndarray:
     """nn.Linear weight (out, in) -> MatMul weight (in, out)."""
     return (module.weight.detach().float().numpy().T * scale).astype(np.float32)
+
+
+def skip_layer_norm(g: GraphBuilder, x: str, residual: str, module, prefix: str) -> tuple[str, str]:
+    """(LayerNorm(x + residual), x + residual) in one com.microsoft.SkipLayerNormalization."""
+    w = g.weight(f"{prefix}.weight", module.weight.detach().float().numpy())
+    b = g.weight(f"{prefix}.bias", module.bias.detach().float().numpy())
+    normed, total = f"{prefix}.out", f"{prefix}.residual"
+    g.op("SkipLayerNormalization", [x, residual, w, b], outputs=[normed, "", "", total], domain=MS_DOMAIN,
+         epsilon=float(module.eps))
+    return normed, total

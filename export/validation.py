@@ -118,7 +118,7 @@ def validate_cross_kv(session, models, batch: int = 2, cond_len: int = 7, seed: 
         for layer in mg.decoder.model.decoder.layers:
             k = layer.encoder_attn.k_proj(states).unflatten(-1, (heads, -1))  # (B2, N, H, 64)
             v = layer.encoder_attn.v_proj(states).unflatten(-1, (heads, -1))
-            expected += [k.permute(0, 2, 3, 1).numpy(), v.permute(0, 2, 1, 3).numpy()]
+            expected += [k.permute(0, 2, 1, 3).numpy(), v.permute(0, 2, 1, 3).numpy()]
     bias = np.where(mask == 1, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
     expected.append(bias)
     return compare("cross_kv", names, outs, expected)

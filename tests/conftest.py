@@ -81,3 +81,21 @@ def tiny_onnx(tiny_bundle):
     from runtime.onnx_pipeline import OnnxPipeline
 
     return OnnxPipeline.load(tiny_bundle, threads=2)
+
+
+def quick_quantization(precision: str):
+    """Calibration options small enough for tests (the defaults run 250-step generations)."""
+    from calibration.build_quantized import QuantizationOptions
+    from calibration.kv_calibration import KvCalibrationConfig
+
+    return QuantizationOptions(precision=precision, image_limit=18, kv=KvCalibrationConfig(steps=80, batch=4),
+                               report_steps=120)
+
+
+@pytest.fixture(scope="session", params=["int8", "int4"])
+def tiny_quantized_bundle(request, tmp_path_factory, tiny_models):
+    from export.build_engines import build_bundle
+
+    root = tmp_path_factory.mktemp("bundles") / f"tiny-{request.param}"
+    build_bundle(root, tiny_models, report=lambda line: None, quantization=quick_quantization(request.param))
+    return root
