@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +30,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from benchmarks.machine import machine_record
+from benchmarks.stats import time_calls
 from runtime.errors import Img2MusicError, run_cli, setup_logging
 from runtime.sampling import SamplingConfig
 
@@ -50,17 +50,6 @@ def conditioning_from_bundle(pipeline, seed: int = 0):
     embeds = np.random.default_rng(seed).standard_normal((1, clip_dim)).astype(np.float32)
     cond, mask, _ = pipeline.project(embeds)
     return cond, mask
-
-
-def time_calls(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def bench_onnx(pipeline, cond, mask, positions, sampling, warmup, repeats) -> dict:

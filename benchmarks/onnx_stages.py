@@ -1,0 +1,57 @@
+"""Per-stage timings of an engine bundle on ONNX Runtime (runs in its own process)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from benchmarks.bench_decoder import bench_onnx
+from benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
+from benchmarks.suite_config import SuiteConfig, benchmark_image
+from runtime.sampling import SamplingConfig
+
+
+def measure_bundle(bundle: str, config: SuiteConfig) -> dict:
+    from runtime.onnx_pipeline import OnnxPipeline
+    from runtime.preprocess import preprocess_images
+
+    start = time.perf_counter()
+    pipeline = OnnxPipeline.load(bundle, threads=config.threads)
+    load_s = time.perf_counter() - start
+    image = benchmark_image()
+    w, r = config.warmup, config.repeats
+    sampling = SamplingConfig(seed=0)
+    stages = {}
+    stages["preprocess"] = summarize_ms(time_calls(lambda: preprocess_images([image], pipeline.image_config), w, r))
+    pixels = preprocess_images([image], pipeline.image_config)
+    stages["clip_vision"] = summarize_ms(time_calls(lambda: pipeline.embed_images(pixels), w, r))
+    embeds = pipeline.embed_images(pixels)
+    stages["projector"] = summarize_ms(time_calls(lambda: pipeline.project(embeds), w, r))
+    cond, mask, _ = pipeline.project(embeds)
+    gen = pipeline.generator
+    stages["cross_kv"] = summarize_ms(time_calls(lambda: gen.set_conditioning(cond, mask, True), w, r))
+    steps = bench_onnx(pipeline, cond, mask, config.positions, sampling, w, r)
+    for pos in config.positions:
+        stages[f"decoder_step@{pos}"] = summarize_ms([t / 1e3 for t in steps[pos]["all_in_ms"]])
+
+    # Re-priming a window: the step graph replays the window's tokens into a fresh cache.
+    tokens = np.random.default_rng(0).integers(0, 2048, (2, pipeline.num_codebooks))
+
+    def reprime():
+        gen.decoder.reset()
+        for _ in range(config.reprime_steps):
+            gen.decoder.step(tokens)
+
+    gen.set_conditioning(cond, mask, True)
+    stages["reprime_window"] = summarize_ms(time_calls(reprime, 0, config.e2e_repeats))
+    codes = np.random.default_rng(1).integers(0, 2048, (1, pipeline.num_codebooks, pipeline.frame_rate))
+    stages["encodec_1s"] = summarize_ms(time_calls(lambda: pipeline.decode_audio(codes), w, r))
+    stages["time_to_first_audio"] = summarize_ms(
+        time_calls(lambda: pipeline([image], 1.0, sampling), 1, config.e2e_repeats))
+    rtf = {}
+    for seconds in config.rtf_seconds:
+        wall = time_calls(lambda: pipeline([image], seconds, sampling), 0, config.e2e_repeats)
+        rtf[f"{seconds:g}s"] = {"audio_seconds": seconds, "wall_seconds": min(wall), "rtf": min(wall) / seconds}
+    return {"kind": "onnxruntime", "precision": pipeline.bundle.precision, "bundle": str(bundle),
+            "load_seconds": load_s, "stages": stages, "rtf": rtf, "peak_rss_mb": peak_rss_mb()}

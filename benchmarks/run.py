@@ -1,0 +1,162 @@
+"""The benchmark suite: per-stage latency, real-time factor, baselines side by side.
+
+Usage::
+
+    python benchmarks/run.py --bundle engines/small-random --bundle engines/small-int8 \\
+        --baseline torch --text-pipeline --out results/
+
+Each backend runs in its own process (clean peak-memory numbers, no interference):
+every bundle on ONNX Runtime, and with ``--baseline torch`` the transformers eager
+reference built from the first bundle's preset (or ``--musicgen``/``--clip``).
+``--text-pipeline`` adds the thesis comparison (captioner + LLM + T5 stand-ins, see
+benchmarks/text_pipeline.py). Writes ``results.json`` (schema:
+benchmarks/results_schema.json), ``results.md`` and ``stages.png`` to ``--out`` and
+prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from benchmarks.machine import machine_record
+from benchmarks.suite_config import SuiteConfig, stage_names
+from runtime.errors import Img2MusicError, run_cli, setup_logging
+
+
+def _child(fn_name: str, args: tuple, queue) -> None:
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        if fn_name == "bundle":
+            from benchmarks.onnx_stages import measure_bundle as fn
+        elif fn_name == "eager":
+            from benchmarks.eager_stages import measure_eager as fn
+        else:
+            from benchmarks.text_pipeline import measure_text_pipeline as fn
+        queue.put(("ok", fn(*args)))
+    except BaseException as exc:  # reported to the parent, which fails with the message
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_isolated(fn_name: str, *args):
+    """Run one measurement in a fresh process; returns its result dict."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn_name, args, queue))
+    proc.start()
+    status, payload = queue.get()
+    proc.join()
+    if status != "ok":
+        raise Img2MusicError(f"benchmark {fn_name} failed: {payload}")
+    return payload
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SuiteConfig()
+    p = argparse.ArgumentParser(prog="run.py", description="Per-stage benchmark suite.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bundle", action="append", default=[], help="engine bundle; repeat for several")
+    p.add_argument("--baseline", choices=("torch", "none"), default="torch",
+                   help="reference backend measured side by side (transformers eager)")
+    p.add_argument("--preset", default=None, help="preset for the eager baseline (default: the first bundle's)")
+    p.add_argument("--musicgen", default=None, help="MusicGen checkpoint for the eager baseline")
+    p.add_argument("--clip", default=None, help="CLIP checkpoint for the eager baseline")
+    p.add_argument("--text-pipeline", choices=("none", "tiny", "cpu-max"), default="none",
+                   help="thesis comparison with random-weight captioner + LLM stand-ins")
+    p.add_argument("--out", default="results", help="output directory")
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads per backend")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls per short stage")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls before each stage")
+    p.add_argument("--positions", default=",".join(map(str, d.positions)), help="cached positions for decoder steps")
+    p.add_argument("--reprime-steps", type=int, default=d.reprime_steps, help="tokens re-primed per window restart")
+    p.add_argument("--e2e-repeats", type=int, default=d.e2e_repeats, help="repeats of end-to-end runs")
+    p.add_argument("--rtf-seconds", default=",".join(f"{s:g}" for s in d.rtf_seconds),
+                   help="audio lengths for the real-time factor")
+    p.add_argument("--eager-max-seconds", type=float, default=d.eager_max_seconds,
+                   help="skip eager end-to-end runs longer than this")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = SuiteConfig(
+            threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+            positions=[int(x) for x in args.positions.split(",") if x],
+            reprime_steps=args.reprime_steps, e2e_repeats=args.e2e_repeats,
+            rtf_seconds=[float(x) for x in args.rtf_seconds.split(",") if x], eager_max_seconds=args.eager_max_seconds,
+        )
+    except ValueError as exc:
+        raise Img2MusicError(f"bad number in --positions or --rtf-seconds: {exc}") from exc
+    if not args.bundle and args.baseline == "none":
+        raise Img2MusicError("nothing to measure: give --bundle and/or --baseline torch")
+    for bundle in args.bundle:
+        if not (Path(bundle) / "manifest.json").is_file():
+            raise Img2MusicError(f"not an engine bundle: {bundle}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    preset = args.preset
+    if preset is None and args.bundle and not (args.musicgen or args.clip):
+        preset = json.loads((Path(args.bundle[0]) / "manifest.json").read_text())["source"].get("preset")
+    backends = {}
+    reference = None
+    if args.baseline == "torch":
+        print("measuring transformers eager ...", flush=True)
+        reference = "transformers-eager"
+        backends[reference] = run_isolated("eager", preset, args.musicgen, args.clip, config)
+    for bundle in args.bundle:
+        print(f"measuring {bundle} on onnxruntime ...", flush=True)
+        result = run_isolated("bundle", bundle, config)
+        name = f"ort-{result['precision']}"
+        while name in backends:
+            name += "'"
+        backends[name] = result
+    text = comparison = None
+    if args.text_pipeline != "none":
+        print(f"measuring the text-mediated pipeline ({args.text_pipeline} stand-ins) ...", flush=True)
+        from benchmarks.text_pipeline import comparison as compare
+
+        text = run_isolated("text", args.text_pipeline, preset or "small-random", config.threads,
+                            max(1, config.e2e_repeats))
+        if reference:
+            comparison = compare(text, backends[reference])
+
+    from benchmarks.report import add_ratios, chart, markdown, validate
+
+    results = {
+        "schema_version": 1,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_record(),
+        "config": config.to_dict(),
+        "stage_names": stage_names(config),
+        "backends": backends,
+        "text_pipeline": text,
+        "thesis_comparison": comparison,
+    }
+    add_ratios(results, reference)
+    validate(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    chart(results, out / "stages.png")
+    print()
+    print(table)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'stages.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
