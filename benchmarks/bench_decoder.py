@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     labels = list(onnx_results)
     print(f"\nmachine: {machine['cpu']}, {args.threads} threads; batch 1 + guidance (2 rows); "
-          "median ms/step (graph = session alone, all-in = graph + guidance + sampling)")
+          "median ms/step, min in brackets (graph = session alone, all-in = graph + guidance + sampling)")
     header = "| cached positions |" + "".join(f" {lab} graph | {lab} all-in |" for lab in labels)
     if eager:
         header += " eager all-in |" + "".join(f" eager / {lab} |" for lab in labels)
@@ -175,11 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             g = summarize(onnx_results[lab][pos]["graph_ms"])
             a = summarize(onnx_results[lab][pos]["all_in_ms"])
             row[lab] = {"graph_ms": g, "all_in_ms": a}
-            cells += [f"{g['median']:.1f}", f"{a['median']:.1f}"]
+            cells += [f"{g['median']:.1f}", f"{a['median']:.1f} ({a['min']:.1f})"]
         if eager:
             e = summarize(eager[pos]["all_in_ms"])
             row["eager_all_in_ms"] = e
-            cells.append(f"{e['median']:.1f}")
+            cells.append(f"{e['median']:.1f} ({e['min']:.1f})")
             for lab in labels:
                 ratio = e["median"] / row[lab]["all_in_ms"]["median"]
                 row[lab]["speedup_vs_eager"] = ratio

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None, help="CLIP checkpoint for the eager baseline")
     p.add_argument("--text-pipeline", choices=("none", "tiny", "cpu-max"), default="none",
                    help="thesis comparison with random-weight captioner + LLM stand-ins")
+    p.add_argument("--provider", action="append", default=None, metavar="NAME",
+                   help="onnxruntime execution provider for the bundles (default CPUExecutionProvider); repeatable")
     p.add_argument("--out", default="results", help="output directory")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads per backend")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls per short stage")
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backends[reference] = run_isolated("eager", preset, args.musicgen, args.clip, config)
     for bundle in args.bundle:
         print(f"measuring {bundle} on onnxruntime ...", flush=True)
-        result = run_isolated("bundle", bundle, config)
+        result = run_isolated("bundle", bundle, config, args.provider)
         name = f"ort-{result['precision']}"
         while name in backends:
             name += "'"

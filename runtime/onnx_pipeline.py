@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 class OnnxPipeline:
     """Sessions for every stage of a bundle, loaded once and reused across calls."""
 
-    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.bundle = bundle
         sessions = {}
         for name in ("clip_vision", "projector", "cross_kv", "decoder_step", "encodec_decode"):
-            session = create_session(bundle.graph_path(name), threads=threads)
+            session = create_session(bundle.graph_path(name), threads=threads, providers=providers)
             check_session(session, name, bundle.graph(name))
             sessions[name] = session
         self.sessions = sessions
@@ -52,8 +52,12 @@ class OnnxPipeline:
         self.directives = bundle.conditioning.get("directives")
 
     @classmethod
-    def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True) -> "OnnxPipeline":
-        return cls(load_bundle(root, verify_hashes=verify_hashes), threads=threads)
+    def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,
+             providers: list[str] | None = None) -> "OnnxPipeline":
+        """``providers``: onnxruntime execution providers (default CPU). The KV cache lives in
+        host memory, so other providers run but copy it per step: the GPU path proper is
+        the TensorRT backend."""
+        return cls(load_bundle(root, verify_hashes=verify_hashes), threads=threads, providers=providers)
 
     @property
     def sample_rate(self) -> int:

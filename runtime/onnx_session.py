@@ -28,7 +28,14 @@ def create_session(path: str | os.PathLike, threads: int | None = None, provider
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
+    providers = providers or ["CPUExecutionProvider"]
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise Img2MusicError(
+            f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(ort.get_available_providers())}); "
+            "for CUDA install the 'gpu' extra: pip install 'img2music[gpu]'"
+        )
     try:
-        return ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise Img2MusicError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from exc

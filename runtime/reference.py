@@ -75,9 +75,9 @@ class ReferencePipeline:
     ):
         """Conditioning (B, N, D_t5) + mask (B, N) -> (B, K, frames) codes via ``generate``."""
         torch = self.torch
-        if not 1 <= frames <= self.max_frames:
+        if frames > self.max_frames:
             raise Img2MusicError(
-                f"one pass generates 1 to {self.max_frames} frames "
+                f"one pass generates at most {self.max_frames} frames "
                 f"({self.max_frames / self.models.frame_rate:.1f} s); asked for {frames}"
             )
         mg = self.models.musicgen
