@@ -30,10 +30,6 @@ class SuiteConfig:
         return asdict(self)
 
 
-STAGE_ORDER = ("preprocess", "clip_vision", "projector", "cross_kv", "decoder_step", "reprime_window",
-               "encodec_1s", "time_to_first_audio")
-
-
 def stage_names(config: SuiteConfig) -> list[str]:
     names = ["preprocess", "clip_vision", "projector", "cross_kv"]
     names += [f"decoder_step@{p}" for p in config.positions]

@@ -51,15 +51,6 @@ class QuantizationOptions:
     """Images for the CLIP cosine."""
 
 
-def _replace(root: Path, name: str, model) -> None:
-    """Write ``model`` as ``<name>.onnx``, removing the fp32 files it replaces."""
-    from export.onnx_graph import save_model
-
-    for old in root.glob(f"{name}.onnx*"):
-        old.unlink()
-    save_model(model, root / f"{name}.onnx")
-
-
 def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: ClipImageConfig,
                     options: QuantizationOptions, report=print) -> dict:
     """Quantize the fp32 graphs in ``root``; returns the manifest sections it defines."""

@@ -34,10 +34,10 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python export/build_engines.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from export.presets import PRESETS
 from runtime.errors import Img2MusicError, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
-PRESETS = ("tiny", "small-random", "medium-random")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Tracing torch modules to ONNX (clip_vision, encodec_decode, a trained projector).
+"""Tracing torch modules to ONNX (clip_vision, encodec_decode).
 
 Uses torch's TorchScript-based exporter (``dynamo=False``): the dynamo exporter in
 torch 2.13 fails on EnCodec's data-dependent padding, and the traced graphs are
@@ -66,15 +66,3 @@ class EncodecDecodeGraph(_module_base()):
 
     def forward(self, audio_codes):
         return self.codec.decode(audio_codes[None], [None]).audio_values
-
-
-class MLPProjectorGraph(_module_base()):
-    """image_embeds (B, D_clip) -> conditioning (B, N, D_t5), conditioning_mask (B, N)."""
-
-    def __init__(self, projector) -> None:
-        super().__init__()
-        self.projector = projector
-
-    def forward(self, image_embeds):
-        out = self.projector(image_embeds)
-        return out.conditioning, out.mask

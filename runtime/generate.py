@@ -25,12 +25,12 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python runtime/generate.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from export.presets import PRESETS  # plain data: imports neither torch nor transformers
 from runtime.audio_files import prepare_output_dir, wav_names, write_wav
 from runtime.errors import Img2MusicError, run_cli, setup_logging
 from runtime.preprocess import check_images
 from runtime.sampling import SamplingConfig
 
-PRESETS = ("tiny", "small-random", "medium-random")  # export.presets.PRESETS, without importing torch
 
 
 def positive_float(text: str) -> float:
