@@ -8,7 +8,8 @@ Usage::
     python export/build_engines.py --preset small-random --precision int8 --out engines/small-int8
 
 Writes clip_vision, projector (the prompt bank's selection), cross_kv, decoder_step
-(in-place GroupQueryAttention KV cache) and encodec_decode as ONNX, validates each
+(in-place GroupQueryAttention KV cache), encodec_decode and the two graphs of the
+exact streaming EnCodec decoder (encodec_stream_front/back) as ONNX, validates each
 against its torch module (one ✓/✗ line per output; any ✗ fails the build) and writes
 manifest.json with configs, hashes and versions. The bundle is assembled in
 ``<out>.partial`` and renamed at the end, so a failed or interrupted build leaves
@@ -81,19 +82,20 @@ def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=No
     from export.bundle_writer import write_manifest
     from export.cross_kv import build_cross_kv
     from export.decoder_step import build_decoder_step
+    from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape, stream_specs
     from export.graph_specs import (clip_vision_spec, cross_kv_spec, decoder_step_spec, encodec_decode_spec,
                                     projector_spec)
     from export.onnx_graph import save_model
     from export.prompt_bank_graph import build_prompt_bank_graph
     from export.torch_export import ClipVisionGraph, EncodecDecodeGraph, export_module
     from export.validation import (validate_clip, validate_cross_kv, validate_decoder_step, validate_encodec,
-                                   validate_projector)
+                                   validate_encodec_stream, validate_projector)
     from runtime.decoder_session import DecoderSession, DecoderShape
     from runtime.onnx_session import create_session
     from training.projector import PromptBankProjector
     from training.prompt_bank import build_prompt_bank
 
-    progress = _Progress(7 if quantization is None else 8)
+    progress = _Progress(8 if quantization is None else 9)
     out.mkdir(parents=True)
     mg = models.musicgen
     dec = mg.config.decoder
@@ -146,6 +148,19 @@ def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=No
                   specs["encodec_decode"], out / "encodec_decode.onnx")
     run_checks(validate_encodec(create_session(out / "encodec_decode.onnx"), models, seed=seed))
 
+    progress("encodec_stream_front.onnx + encodec_stream_back.onnx (exact streaming decode)")
+    codec = mg.audio_encoder
+    lstm_layers, lstm_channels = lstm_shape(codec)
+    specs["encodec_stream_front"], specs["encodec_stream_back"] = stream_specs(
+        models.num_codebooks, lstm_channels, lstm_layers)
+    state = torch.zeros(lstm_layers, 1, lstm_channels)
+    export_module(EncodecStreamFront(codec), (torch.zeros(1, models.num_codebooks, 16, dtype=torch.long), state, state),
+                  specs["encodec_stream_front"], out / "encodec_stream_front.onnx")
+    export_module(EncodecStreamBack(codec), (torch.zeros(1, lstm_channels, 8),), specs["encodec_stream_back"],
+                  out / "encodec_stream_back.onnx")
+    run_checks(validate_encodec_stream(create_session(out / "encodec_stream_front.onnx"),
+                                       create_session(out / "encodec_stream_back.onnx"), models, seed=seed))
+
     failed = [c for c in checks if not c.ok]
     if failed:
         raise Img2MusicError(f"export validation failed for {len(failed)} output(s): "
@@ -163,7 +178,9 @@ def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=No
     gc = mg.generation_config
     defaults = {"guidance_scale": float(gc.guidance_scale or 3.0), "top_k": int(gc.top_k or 250),
                 "temperature": float(gc.temperature or 1.0)}
-    return write_manifest(out, specs, models, bank.directives, bank.num_tokens, checks, defaults, quantized)
+    stream = {"lstm_layers": lstm_layers, "lstm_channels": lstm_channels}
+    return write_manifest(out, specs, models, bank.directives, bank.num_tokens, checks, defaults, quantized,
+                          encodec_stream=stream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,8 @@ def file_entries(root: Path) -> dict[str, dict]:
 
 
 def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_directives: list[str] | None,
-                   num_tokens: int, validation: list, sampling_defaults: dict, quantized: dict | None = None) -> dict:
+                   num_tokens: int, validation: list, sampling_defaults: dict, quantized: dict | None = None,
+                   encodec_stream: dict | None = None) -> dict:
     """``quantized``: the sections ``calibration.build_quantized.quantize_bundle`` returned."""
     quantized = dict(quantized or {})
     precisions = quantized.pop("graph_precisions", {})
@@ -85,9 +86,11 @@ def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_direct
             "image": models.image_config.to_dict(),
         },
         "generation_defaults": sampling_defaults,
+        "encodec_stream": encodec_stream or {},
         "graphs": {name: graph_entry(spec, precisions.get(name, "fp32")) for name, spec in graphs.items()},
         "validation": [
             {"graph": c.graph, "output": c.output, "max_abs_diff": c.max_abs_diff, "tolerance": c.tolerance}
+            | ({"detail": c.detail} if c.detail else {})
             for c in validation
         ],
         **quantized,

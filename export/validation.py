@@ -27,6 +27,8 @@ class OutputCheck:
     """max |ONNX Runtime - torch|."""
     tolerance: float
     """Largest difference accepted."""
+    detail: str = ""
+    """Replaces the max-difference text for checks that are not a difference (e.g. an SNR)."""
 
     @property
     def ok(self) -> bool:
@@ -34,6 +36,8 @@ class OutputCheck:
 
     def line(self) -> str:
         mark = "✓" if self.ok else "✗"
+        if self.detail:
+            return f"  {mark} {self.graph}.{self.output}: {self.detail}"
         return f"  {mark} {self.graph}.{self.output}: max |Δ| {self.max_abs_diff:.2e} (tolerance {self.tolerance:.0e})"
 
 
@@ -157,3 +161,41 @@ def validate_decoder_step(decoder_session, models, steps: int = 6, batch: int = 
     ref_key = cache.self_attention_cache.layers[0].keys.numpy()
     checks += compare("decoder_step", [f"present_key.0[:{steps}]"], [layer0_key], [ref_key])
     return checks
+
+
+def validate_encodec_stream(front_session, back_session, models, batch: int = 2, frames: int = 60, chunk: int = 7,
+                            seed: int = 0) -> list[OutputCheck]:
+    """Both stream graphs vs their torch modules, and the ONNX stream vs the full decode (SNR)."""
+    import torch
+
+    from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
+    from runtime.encodec_stream import EncodecStreamDecoder, onnx_stream_functions, snr_db
+
+    codec = models.musicgen.audio_encoder
+    layers, channels = lstm_shape(codec)
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2048, (batch, models.num_codebooks, frames)).astype(np.int64)
+    h = rng.standard_normal((layers, batch, channels)).astype(np.float32) * 0.1
+    c = rng.standard_normal((layers, batch, channels)).astype(np.float32) * 0.1
+    with torch.no_grad():
+        ref_front = EncodecStreamFront(codec)(torch.from_numpy(codes), torch.from_numpy(h), torch.from_numpy(c))
+        ref_back = EncodecStreamBack(codec)(ref_front[0]).numpy()
+        full = codec.decode(torch.from_numpy(codes)[None], [None]).audio_values[:, 0].numpy()
+    front = front_session.run(None, {"audio_codes": codes, "lstm_h": h, "lstm_c": c})
+    checks = compare("encodec_stream_front", ["lstm_frames", "lstm_h_out", "lstm_c_out"], front,
+                     [t.numpy() for t in ref_front])
+    back = back_session.run(None, {"lstm_frames": ref_front[0].numpy()})
+    checks += compare("encodec_stream_back", ["audio_values"], back, [ref_back])
+    stream = EncodecStreamDecoder(*onnx_stream_functions(front_session, back_session), (layers, batch, channels),
+                                  models.hop_length)
+    audio = np.concatenate([stream.push(codes[:, :, i : i + chunk]) for i in range(0, frames, chunk)]
+                           + [stream.flush()], axis=1)
+    # An SNR as a check: "difference" = dB below the bar (0 when it passes).
+    snr = snr_db(full, audio) if audio.shape == full.shape else float("-inf")
+    checks.append(OutputCheck("encodec_stream", f"stream_vs_full_decode@chunk{chunk}", max(0.0, STREAM_MIN_SNR_DB - snr),
+                              0.0, detail=f"SNR {snr:.1f} dB (>= {STREAM_MIN_SNR_DB:.0f} dB)"))
+    return checks
+
+
+STREAM_MIN_SNR_DB = 90.0
+

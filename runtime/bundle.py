@@ -19,7 +19,8 @@ from runtime.errors import Img2MusicError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-GRAPHS = ("clip_vision", "projector", "cross_kv", "decoder_step", "encodec_decode")
+GRAPHS = ("clip_vision", "projector", "cross_kv", "decoder_step", "encodec_decode", "encodec_stream_front",
+          "encodec_stream_back")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -13,9 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from runtime.bundle import Bundle, check_decoder_config, check_session, load_bundle
+from runtime.bundle import GRAPHS, Bundle, check_decoder_config, check_session, load_bundle
 from runtime.decoder_session import DecoderSession, DecoderShape
 from runtime.delay_pattern import check_frames, frames_for_seconds
+from runtime.encodec_stream import EncodecStreamDecoder, onnx_stream_functions
 from runtime.generator import MusicGenerator
 from runtime.onnx_session import create_session
 from runtime.preprocess import ClipImageConfig, ImageLike, preprocess_images
@@ -32,7 +33,7 @@ class OnnxPipeline:
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.bundle = bundle
         sessions = {}
-        for name in ("clip_vision", "projector", "cross_kv", "decoder_step", "encodec_decode"):
+        for name in GRAPHS:
             session = create_session(bundle.graph_path(name), threads=threads, providers=providers)
             check_session(session, name, bundle.graph(name))
             sessions[name] = session
@@ -87,6 +88,13 @@ class OnnxPipeline:
         """(B, K, F) -> (B, F * hop) float32."""
         check_frames(codes.shape[-1], self.frame_rate)
         return self.sessions["encodec_decode"].run(None, {"audio_codes": codes.astype(np.int64)})[0][:, 0]
+
+    def stream_decoder(self, batch: int) -> EncodecStreamDecoder:
+        """A fresh exact streaming EnCodec decoder for ``batch`` streams."""
+        s = self.bundle.manifest["encodec_stream"]
+        front, back = onnx_stream_functions(self.sessions["encodec_stream_front"], self.sessions["encodec_stream_back"])
+        return EncodecStreamDecoder(front, back, (s["lstm_layers"], batch, s["lstm_channels"]),
+                                    int(self.bundle.audio["hop_length"]))
 
     def __call__(
         self,
