@@ -1,4 +1,8 @@
-"""decoder_step.onnx: one MusicGen decoder step with an in-place static KV cache.
+"""decoder_step.onnx: MusicGen decoder steps with an in-place static KV cache.
+
+One graph serves both uses, so the weights are stored once: ``input_ids`` is
+(B2, K, S) with S = 1 for a generation step, or S tokens at once to prefill an empty
+cache (re-priming a window for endless generation); logits are the last token's.
 
 Why GroupQueryAttention: the cache is preallocated for the maximum length and the
 step must not copy it. The past/present concat pattern (optimum's export) copies the
@@ -54,17 +58,27 @@ def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
     for t in spec.inputs:
         g.input(t.name, {"int64": INT64, "int32": INT32, "float32": FLOAT}[t.dtype], t.shape)
 
-    # Token embeddings: sum over codebooks of embed_k[ids[:, k]].
+    # Token embeddings: sum over codebooks of embed_k[ids[:, k, :]].
     ids = g.op("Split", ["input_ids"], outputs=k_books, axis=1) if k_books > 1 else ["input_ids"]
     embeds = []
     for k in range(k_books):
         table = g.weight(f"embed_tokens.{k}", dec.embed_tokens[k].weight.detach().float().numpy())
-        embeds.append(g.op("Gather", [table, ids[k]], axis=0))  # (B2, 1, D)
+        codes_k = g.op("Squeeze", [ids[k], g.const([1])])  # (B2, S)
+        embeds.append(g.op("Gather", [table, codes_k], axis=0))  # (B2, S, D)
     x = g.op("Sum", embeds) if k_books > 1 else embeds[0]
-    # Sinusoidal position = number of cached positions (the same for every row).
+    # Positions total - S .. total - 1: the cached positions onwards (one step: just
+    # the count of cached positions; a prefill into an empty cache: 0 .. S-1).
+    seq_1 = g.op("Shape", ["input_ids"], start=2, end=3)  # [S]
+    seq = g.op("Squeeze", [seq_1, g.const([0])])
+    total = g.op("Cast", ["total_sequence_length"], to=INT64)
+    # first + Range(0, S): ORT 1.32 rewrites Gather(table, Range(first, total)) into a
+    # Slice that fails at run time, so the Range must not feed the Gather directly.
+    pos_ids = g.op("Add", [g.op("Range", [g.const(0), seq, g.const(1)]), g.op("Sub", [total, seq])])  # (S,)
     positions = g.weight("embed_positions", dec.embed_positions.weights.detach().float().numpy())
-    pos = g.op("Gather", [positions, "seqlens_k"], axis=0)  # (B2, D)
-    x = g.op("Add", [x, g.op("Unsqueeze", [pos, g.const([1])])])  # (B2, 1, D)
+    x = g.op("Add", [x, g.op("Gather", [positions, pos_ids], axis=0)])  # (B2, S, D)
+    # The cross-attention mask, once for all layers: (B2, 1, 1, N) -> (B2, 1, S, N).
+    bias_shape = g.op("Concat", [g.const([1, 1]), seq_1, g.const([1])], axis=0)
+    cross_bias = g.op("Expand", ["cross_attention_bias", bias_shape])
 
     scaling = head_dim ** -0.5
     # Pre-LayerNorm blocks; each residual add is fused with the next LayerNorm
@@ -87,7 +101,7 @@ def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
         # Cross-attention over K/V precomputed once per conditioning (scaling folded into Wq).
         ca = layer.encoder_attn
         q = g.op("MatMul", [h, g.weight(f"{p}.encoder_attn.q", linear_weight(ca.q_proj, scaling))])  # (B2, 1, D)
-        ctx = g.op("MultiHeadAttention", [q, f"cross_key.{i}", f"cross_value.{i}", "", "", "cross_attention_bias"],
+        ctx = g.op("MultiHeadAttention", [q, f"cross_key.{i}", f"cross_value.{i}", "", "", cross_bias],
                    domain=MS_DOMAIN, num_heads=heads, scale=1.0)  # (B2, 1, D)
         ctx = g.op("MatMul", [ctx, g.weight(f"{p}.encoder_attn.out", linear_weight(ca.out_proj))])
         h, x = skip_layer_norm(g, ctx, x, layer.final_layer_norm, f"{p}.final_layer_norm")
@@ -100,6 +114,7 @@ def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
         h, x = skip_layer_norm(g, ffn, x, next_norm, next_name)
 
     heads_w = np.concatenate([linear_weight(head) for head in decoder_lm.lm_heads], axis=1)  # (D, K*V)
+    h = g.op("Gather", [h, g.const([-1])], axis=1)  # the last token (B2, 1, D)
     logits = g.op("MatMul", [h, g.weight("lm_heads", heads_w)], outputs=[LM_HEADS_NODE])  # (B2, 1, K*V)
     logits = g.op("Reshape", [logits, g.const([0, k_books, vocab])])  # (B2, K, V)
     g.output(logits, "logits", FLOAT, spec.outputs[0].shape)

@@ -11,8 +11,8 @@ Shapes (B2 = rows run together: 2B with classifier-free guidance, else B):
                      [+ directive_index (B,), directive_score (B,) for the prompt bank]
 - ``cross_kv``:      conditioning (B2, N, D_t5), conditioning_mask (B2, N) ->
                      cross_key.{i} / cross_value.{i} (B2, H, N, 64), cross_attention_bias (B2, 1, 1, N)
-- ``decoder_step``:  input_ids (B2, K), seqlens_k (B2,) int32 = cached positions,
-                     total_sequence_length () int32 = cached + 1, cross K/V + bias, past_key.{i} /
+- ``decoder_step``:  input_ids (B2, K, S), seqlens_k (B2,) int32 = cached + S - 1,
+                     total_sequence_length () int32 = cached + S, cross K/V + bias, past_key.{i} /
                      past_value.{i} (B2, H, L_max, 64) -> logits (B2, K, V), present_key.{i} / present_value.{i}
                      (same buffers as the past: bind one OrtValue to both, see runtime.decoder_session)
 - ``encodec_decode``: audio_codes (B, K, F) -> audio_values (B, 1, F * hop)
@@ -101,7 +101,7 @@ def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads
     """The step graph; with ``kv_cache_dtype="int8"`` the cache is int8 and per-channel
     scales ``k_scale.{i}`` / ``v_scale.{i}`` (1, H, 1, 64) are inputs."""
     inputs = [
-        TensorSpec("input_ids", "int64", ("batch", num_codebooks)),
+        TensorSpec("input_ids", "int64", ("batch", num_codebooks, "seq")),
         TensorSpec("seqlens_k", "int32", ("batch",)),
         TensorSpec("total_sequence_length", "int32", ()),
         TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len")),

@@ -160,6 +160,22 @@ def validate_decoder_step(decoder_session, models, steps: int = 6, batch: int = 
     layer0_key = decoder_session.cache_rows(0, "key", steps)
     ref_key = cache.self_attention_cache.layers[0].keys.numpy()
     checks += compare("decoder_step", [f"present_key.0[:{steps}]"], [layer0_key], [ref_key])
+    # Prefill: S tokens into an empty cache in one run, then one more step.
+    window = rng.integers(0, 2049, (2 * batch, k, steps + 3)).astype(np.int64)
+    nxt = rng.integers(0, 2048, (2 * batch, k)).astype(np.int64)
+    with torch.no_grad():
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        out = mg.decoder(input_ids=torch.from_numpy(window).reshape(-1, window.shape[2]), encoder_hidden_states=states,
+                         encoder_attention_mask=torch.from_numpy(mask), past_key_values=cache, use_cache=True)
+        ref_prefill = out.logits.reshape(2 * batch, k, window.shape[2], -1)[:, :, -1].numpy()
+        out = mg.decoder(input_ids=torch.from_numpy(nxt).reshape(-1, 1), encoder_hidden_states=states,
+                         encoder_attention_mask=torch.from_numpy(mask), past_key_values=out.past_key_values,
+                         use_cache=True)
+        ref_next = out.logits.reshape(2 * batch, k, -1).numpy()
+    ours_prefill = decoder_session.prefill(window).copy()
+    ours_next = decoder_session.step(nxt).copy()
+    checks += compare("decoder_step", [f"logits@prefill{window.shape[2]}", "logits@after_prefill"],
+                      [ours_prefill, ours_next], [ref_prefill, ref_next])
     return checks
 
 

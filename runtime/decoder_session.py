@@ -84,7 +84,7 @@ class DecoderSession:
                 binding.bind_ortvalue_input(f"past_{kind}.{i}", value)
                 binding.bind_ortvalue_output(f"present_{kind}.{i}", value)  # same memory: in place
                 self._cache.append(value)
-        self._ids = np.zeros((batch, s.num_codebooks), dtype=np.int64)
+        self._ids = np.zeros((batch, s.num_codebooks, 1), dtype=np.int64)
         self._seqlens = np.zeros((batch,), dtype=np.int32)
         self._total = np.zeros((), dtype=np.int32)
         self._logits = np.zeros((batch, s.num_codebooks, s.vocab_size), dtype=np.float32)
@@ -134,9 +134,30 @@ class DecoderSession:
             raise Img2MusicError("set_conditioning() must come before step()")
         if self.position >= self.shape.max_length:
             raise Img2MusicError(f"the KV cache holds {self.shape.max_length} positions; re-prime a window to go on")
-        self._ids[...] = input_ids
+        self._ids[..., 0] = input_ids
         self._seqlens[...] = self.position
         self._total[...] = self.position + 1
         self.step_session.run_with_iobinding(self._binding)
         self.position += 1
+        return self._logits
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        """(B2, K, S) tokens into an empty cache in one run (positions 0..S-1) -> the last
+        token's (B2, K, V) logits. Re-priming a window costs one pass instead of S steps."""
+        if self._binding is None:
+            raise Img2MusicError("set_conditioning() must come before prefill()")
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        s = tokens.shape[2]
+        if tokens.shape[:2] != self._ids.shape[:2] or not 1 <= s <= self.shape.max_length:
+            raise Img2MusicError(f"prefill takes (B2={self.batch}, K, 1..{self.shape.max_length}) tokens, "
+                                 f"got {tokens.shape}")
+        self.reset()
+        self._binding.bind_ortvalue_input("input_ids", self._ort.OrtValue.ortvalue_from_numpy(tokens))
+        self._seqlens[...] = s - 1
+        self._total[...] = s
+        try:
+            self.step_session.run_with_iobinding(self._binding)
+        finally:
+            self._binding.bind_ortvalue_input("input_ids", self._step_values["input_ids"])
+        self.position = s
         return self._logits
