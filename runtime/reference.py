@@ -72,8 +72,12 @@ class ReferencePipeline:
         frames: int,
         sampling: SamplingConfig,
         on_step: Callable[[], None] | None = None,
+        prompt=None,
     ):
-        """Conditioning (B, N, D_t5) + mask (B, N) -> (B, K, frames) codes via ``generate``."""
+        """Conditioning (B, N, D_t5) + mask (B, N) -> (B, K, frames) codes via ``generate``.
+
+        ``prompt``: (B, K, P) audio codes to continue (transformers' audio-prompt path);
+        the result then holds the P prompt frames followed by ``frames`` new ones."""
         torch = self.torch
         if frames > self.max_frames:
             raise Img2MusicError(
@@ -83,8 +87,9 @@ class ReferencePipeline:
         mg = self.models.musicgen
         k = self.models.num_codebooks
         check_frames(frames, self.models.frame_rate)
+        p = 0 if prompt is None else prompt.shape[2]
         kwargs = dict(
-            max_length=frames + k,  # start token + frames + (K-1) delay steps
+            max_length=p + frames + k,  # start token + frames + (K-1) delay steps
             do_sample=not sampling.greedy,
             guidance_scale=sampling.guidance_scale if sampling.uses_guidance else None,
             num_return_sequences=1,
@@ -93,6 +98,8 @@ class ReferencePipeline:
             bos_token_id=mg.generation_config.bos_token_id,
             return_dict_in_generate=True,
         )
+        if prompt is not None:
+            kwargs["decoder_input_ids"] = torch.as_tensor(prompt).reshape(-1, p)  # (B*K, P)
         if not sampling.greedy:
             kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k)
             if 0.0 < sampling.top_p < 1.0:
