@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.logits_sampling import apply_guidance
+from runtime.logits_sampling import apply_guidance, decoder_rows, with_null_branch
 from runtime.sampling import SamplingConfig
 
 
@@ -55,13 +55,13 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def teacher_forced(ref_decoder, test_decoder, conditioning, mask, tokens: np.ndarray, guidance_scale: float) -> dict:
     """Both decoders read ``tokens`` (B, K, L); per-codebook agreement and mean KL of guided logits."""
     batch, k, length = tokens.shape
-    null = (np.zeros_like(conditioning), np.zeros_like(mask))
+    rows_cond, rows_mask = with_null_branch(conditioning, mask)
     for dec in (ref_decoder, test_decoder):
-        dec.set_conditioning(np.concatenate([conditioning, null[0]]), np.concatenate([mask, null[1]]))
+        dec.set_conditioning(rows_cond, rows_mask)
     agree = np.zeros(k)
     kl_sum, n = 0.0, 0
     for t in range(length - 1):
-        rows = np.concatenate([tokens[:, :, t], tokens[:, :, t]])
+        rows = decoder_rows(tokens[:, :, t], guidance=True)
         ref = apply_guidance(ref_decoder.step(rows).copy(), batch, guidance_scale)  # (B, K, V)
         test = apply_guidance(test_decoder.step(rows), batch, guidance_scale)
         agree += (ref.argmax(-1) == test.argmax(-1)).mean(axis=0)

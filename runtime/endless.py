@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.decoder_session import DecoderSession
 from runtime.errors import Img2MusicError
-from runtime.logits_sampling import TokenSampler, apply_guidance
+from runtime.logits_sampling import TokenSampler, apply_guidance, decoder_rows, with_null_branch
 from runtime.sampling import SamplingConfig
 
 
@@ -37,8 +37,7 @@ class EndlessGenerator:
         """Begin a new piece for (B, N, D) conditioning (the cache starts empty)."""
         self.batch, self.guidance = conditioning.shape[0], guidance
         if guidance:
-            conditioning = np.concatenate([conditioning, np.zeros_like(conditioning)])
-            mask = np.concatenate([mask, np.zeros_like(mask)])
+            conditioning, mask = with_null_branch(conditioning, mask)
         self.decoder.set_conditioning(conditioning, mask)
         self.sampler = TokenSampler(seed)
         self._new_window(prompt=np.zeros((self.batch, self.k, 0), dtype=np.int64))
@@ -46,8 +45,7 @@ class EndlessGenerator:
     def swap_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
         """New conditioning, same music so far: the window's frames re-prime the new cache."""
         if self.guidance:
-            conditioning = np.concatenate([conditioning, np.zeros_like(conditioning)])
-            mask = np.concatenate([mask, np.zeros_like(mask)])
+            conditioning, mask = with_null_branch(conditioning, mask)
         self.decoder.set_conditioning(conditioning, mask)
         self._reprime(self.frames[:, :, -min(self.keep_frames, self.frames.shape[2]):])
 
@@ -70,8 +68,7 @@ class EndlessGenerator:
             self.decoder.reset()
             return
         tokens = self.sequence[:, :, : p + 1]  # start token + codebook 0's prompt (others delayed)
-        rows = np.concatenate([tokens, tokens]) if self.guidance else tokens
-        self.pending = self.decoder.prefill(rows).copy()
+        self.pending = self.decoder.prefill(decoder_rows(tokens, self.guidance)).copy()
         self.t = p
         self.reprimes += 1
 
@@ -82,7 +79,7 @@ class EndlessGenerator:
             logits, self.pending = self.pending, None
         else:
             tokens = self.sequence[:, :, self.t]
-            logits = self.decoder.step(np.concatenate([tokens, tokens]) if self.guidance else tokens)
+            logits = self.decoder.step(decoder_rows(tokens, self.guidance))
         scores = apply_guidance(logits, self.batch, sampling.guidance_scale) if self.guidance else logits[: self.batch]
         new = self.sampler(scores, sampling)  # (B, K)
         pos = self.t + 1

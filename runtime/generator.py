@@ -15,7 +15,7 @@ import numpy as np
 from runtime.decoder_session import DecoderSession
 from runtime.delay_pattern import apply_delay_pattern, check_frames, delay_pattern_mask, undelay
 from runtime.errors import Img2MusicError
-from runtime.logits_sampling import TokenSampler, apply_guidance
+from runtime.logits_sampling import TokenSampler, apply_guidance, decoder_rows, with_null_branch
 from runtime.sampling import SamplingConfig
 
 
@@ -35,8 +35,7 @@ class MusicGenerator:
         self.batch = conditioning.shape[0]
         self.guidance = guidance
         if guidance:
-            conditioning = np.concatenate([conditioning, np.zeros_like(conditioning)])
-            mask = np.concatenate([mask, np.zeros_like(mask)])
+            conditioning, mask = with_null_branch(conditioning, mask)
         self.decoder.set_conditioning(conditioning, mask)
 
     def begin(self, frames: int, seed: int) -> None:
@@ -72,8 +71,7 @@ class MusicGenerator:
         if self.steps_left <= 0:
             raise Img2MusicError("the sequence is complete")
         tokens = self.sequence[:, :, self.t]  # (B, K), delay pattern already applied
-        rows = np.concatenate([tokens, tokens]) if self.guidance else tokens  # (B2, K)
-        logits = self.decoder.step(rows)  # (B2, K, V)
+        logits = self.decoder.step(decoder_rows(tokens, self.guidance))  # (B2, K, V)
         if self.guidance:
             scores = apply_guidance(logits, self.batch, sampling.guidance_scale)
         else:

@@ -12,6 +12,18 @@ import numpy as np
 from runtime.sampling import SamplingConfig
 
 
+def with_null_branch(conditioning: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, N, D) + (B, N) -> (2B, ...): the guidance null branch (zero states, zero mask)
+    appended as rows B..2B-1, as transformers does."""
+    return (np.concatenate([conditioning, np.zeros_like(conditioning)]),
+            np.concatenate([mask, np.zeros_like(mask)]))
+
+
+def decoder_rows(tokens: np.ndarray, guidance: bool) -> np.ndarray:
+    """(B, K, ...) tokens -> the decoder's rows: repeated for the null branch under guidance."""
+    return np.concatenate([tokens, tokens]) if guidance else tokens
+
+
 def apply_guidance(logits: np.ndarray, batch: int, scale: float) -> np.ndarray:
     """(2B, K, V) logits, conditional rows first -> (B, K, V) ``uncond + g * (cond - uncond)``."""
     cond, uncond = logits[:batch], logits[batch : 2 * batch]
