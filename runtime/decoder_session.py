@@ -102,13 +102,16 @@ class DecoderSession:
         self._binding = binding
         self.batch = batch
 
-    def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
-        """Compute and bind cross-attention K/V for (B2, N, D_t5) conditioning; resets the cache."""
+    def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool = True) -> None:
+        """Compute and bind cross-attention K/V for (B2, N, D_t5) conditioning; resets the
+        cache unless ``reset`` is False (live transitions keep the music so far)."""
         conditioning = np.ascontiguousarray(conditioning, dtype=np.float32)
         mask = np.ascontiguousarray(mask, dtype=np.int64)
         if conditioning.ndim != 3 or mask.shape != conditioning.shape[:2]:
             raise Img2MusicError(f"conditioning {conditioning.shape} and mask {mask.shape} do not fit together")
         if conditioning.shape[0] != self.batch:
+            if not reset:
+                raise Img2MusicError("a conditioning with another batch size needs a fresh cache")
             self._allocate(conditioning.shape[0])
         names = [o.name for o in self.cross_kv_session.get_outputs()]
         outputs = self.cross_kv_session.run(names, {"conditioning": conditioning, "conditioning_mask": mask})
@@ -117,7 +120,8 @@ class DecoderSession:
             ov = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
             self._cross[name] = (ov, value)  # keep the numpy buffer alive with its OrtValue
             self._binding.bind_ortvalue_input(name, ov)
-        self.reset()
+        if reset:
+            self.reset()
 
     def reset(self) -> None:
         """Start a new sequence. Rows past the position are never read, so no clearing."""

@@ -12,6 +12,8 @@ prompt's delay-pattern mask. Frames come out once, in order, across windows.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from runtime.decoder_session import DecoderSession
@@ -32,6 +34,7 @@ class EndlessGenerator:
         self.decoder, self.pad_id, self.k = decoder, pad_id, k
         self.window_frames, self.keep_frames = window_frames, keep_frames
         self.reprimes = 0
+        self.last_reprime_seconds: float | None = None
 
     def start(self, conditioning: np.ndarray, mask: np.ndarray, guidance: bool, seed: int = 0) -> None:
         """Begin a new piece for (B, N, D) conditioning (the cache starts empty)."""
@@ -48,6 +51,18 @@ class EndlessGenerator:
             conditioning, mask = with_null_branch(conditioning, mask)
         self.decoder.set_conditioning(conditioning, mask)
         self._reprime(self.frames[:, :, -min(self.keep_frames, self.frames.shape[2]):])
+
+    def blend_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
+        """New conditioning from the next step on, keeping the cache: cheap (one cross_kv
+        run), so a live transition can move the conditioning a little every chunk."""
+        if self.guidance:
+            conditioning, mask = with_null_branch(conditioning, mask)
+        self.decoder.set_conditioning(conditioning, mask, reset=False)
+
+    @property
+    def frames_until_reprime(self) -> int:
+        """Steps left in this window before the next re-prime."""
+        return self.sequence.shape[2] - 1 - self.t
 
     def _new_window(self, prompt: np.ndarray) -> None:
         """Delayed layout of a window starting with ``prompt`` (B, K, P) frames."""
@@ -68,7 +83,9 @@ class EndlessGenerator:
             self.decoder.reset()
             return
         tokens = self.sequence[:, :, : p + 1]  # start token + codebook 0's prompt (others delayed)
+        start = time.perf_counter()
         self.pending = self.decoder.prefill(decoder_rows(tokens, self.guidance)).copy()
+        self.last_reprime_seconds = time.perf_counter() - start
         self.t = p
         self.reprimes += 1
 

@@ -1,0 +1,241 @@
+"""Between the generator and the sink: keeps the ring fed, degrades when it cannot.
+
+The generator thread :meth:`Playout.submit` s fresh audio (already at the device rate);
+a light feeder thread (:meth:`Playout.run`) moves it into the ring every ``tick``
+seconds and records it. When the generator is slower than real time the feeder
+degrades in a fixed order, counting each step:
+
+1. ``shorter`` — buffered audio fell below half the target: :attr:`level` 1 tells the
+   generator to work in shorter chunks (less look-ahead), so audio reaches the ring
+   sooner;
+2. ``repeat`` — the ring is about to run dry (below ``low_water``) with nothing fresh:
+   the last ``repeat_seconds`` of audio are played again, crossfaded in and out;
+3. ``silence`` — after ``max_repeats`` repeats in one episode (fresh audio trickling in
+   between does not reset it; only a recovery does), the music fades to silence (blocks
+   of zeros written on purpose, so the sound card never underflows).
+
+Fresh audio after a repeat is crossfaded in; after silence it fades in. The level
+drops back to 0 (a ``recovery``) once the buffer is back at the target. The last
+``crossfade`` samples written are always held back so that whatever comes next can
+be crossfaded onto them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.audio_sink import RingBuffer, WavRecorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DegradeCounts:
+    shorter: int = 0
+    """Times the generator was told to use shorter chunks."""
+    repeats: int = 0
+    """Crossfaded repeats of the last audio inserted."""
+    silences: int = 0
+    """Fades to silence."""
+    silence_seconds: float = 0.0
+    """Seconds of deliberate silence written."""
+    recoveries: int = 0
+    """Returns to level 0 after a degradation."""
+    fill_seconds: float = 0.0
+    """Seconds of repeated audio inserted."""
+    latencies: list = field(default_factory=list)
+    """Resolved markers: (label, seconds from the marker's start to its sample leaving the ring)."""
+
+
+class Playout:
+    def __init__(self, ring: RingBuffer, rate: int, target: float, low_water: float = 0.15,
+                 recorder: WavRecorder | None = None, crossfade: float = 0.05, repeat_seconds: float = 0.5,
+                 max_repeats: int = 2, tick: float = 0.01) -> None:
+        self.ring, self.rate, self.recorder = ring, rate, recorder
+        self.target, self.low_water, self.tick = target, low_water, tick
+        self.xfade = max(1, int(crossfade * rate))
+        self.repeat_len = max(2 * self.xfade, int(repeat_seconds * rate))
+        self.max_repeats = max_repeats
+        self.counts = DegradeCounts()
+        self.level = 0
+        self.fresh_in = 0  # fresh samples submitted
+        self.fresh_out = 0  # fresh samples moved toward the ring (held tail included)
+        self._queue: collections.deque[np.ndarray] = collections.deque()
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._held = np.zeros(0, dtype=np.float32)  # last samples, not yet in the ring
+        self._history = np.zeros(self.repeat_len, dtype=np.float32)  # last fresh audio, for repeats
+        self._after = None  # None | "repeat" | "silence": how the next fresh audio must join
+        self._repeats_in_row = 0
+        self._markers: list[tuple[int, str, float]] = []  # (fresh sample, label, start time)
+        self._pending_markers: list[tuple[int, str, float]] = []  # (ring sample, label, start time)
+        self._stop = threading.Event()
+        self._finished = False
+        self._primed = False  # pre-roll: nothing reaches the ring until the target is buffered
+        self._thread = threading.Thread(target=self.run, name="playout", daemon=True)
+
+    # -- generator side -------------------------------------------------------------
+    def submit(self, audio: np.ndarray) -> None:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if len(audio):
+            with self._lock:
+                self._queue.append(audio)
+                self._queued += len(audio)
+                self.fresh_in += len(audio)
+
+    def mark(self, fresh_sample: int, label: str, start_time: float) -> None:
+        """Report when fresh sample ``fresh_sample`` leaves the ring, timed from ``start_time``."""
+        with self._lock:
+            self._markers.append((fresh_sample, label, start_time))
+
+    def buffered(self) -> float:
+        """Seconds of audio ahead of the sound card (ring + held + queued)."""
+        return (self.ring.available() + len(self._held) + self._queued) / self.rate
+
+    def finish(self) -> None:
+        """No more fresh audio: write everything out (held tail included)."""
+        self._finished = True
+
+    def drained(self) -> bool:
+        return self._finished and self._queued == 0 and len(self._held) == 0 and self.ring.available() == 0
+
+    # -- feeder side ----------------------------------------------------------------
+    def start(self) -> "Playout":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.feed()
+            self._stop.wait(self.tick)
+
+    def feed(self) -> None:
+        """One feeder tick (public so tests can drive it deterministically)."""
+        if not self._primed:
+            if self._queued < self.target * self.rate and not self._finished:
+                return
+            self._primed = True
+        with self._lock:
+            chunks = list(self._queue)
+            self._queue.clear()
+            self._queued = 0
+        for chunk in chunks:
+            self._push_fresh(chunk)
+        if self._finished and not self._queue:
+            self._emit_held()
+            self.ring.end_of_stream = True
+        elif not chunks:
+            self._maybe_degrade()
+        self._level_from_buffer()
+        self._resolve_markers()
+
+    def _push_fresh(self, audio: np.ndarray) -> None:
+        start = self.fresh_out
+        self.fresh_out += len(audio)
+        with self._lock:
+            due = [m for m in self._markers if m[0] < self.fresh_out]
+            self._markers = [m for m in self._markers if m[0] >= self.fresh_out]
+        ring_base = self.ring.written + len(self._held)  # where this audio starts in the ring
+        if self._after == "repeat":
+            audio = self._crossfade_join(audio)
+            ring_base = self.ring.written + len(self._held) - self.xfade
+        elif self._after == "silence":
+            audio = audio.copy()
+            n = min(self.xfade, len(audio))
+            audio[:n] *= np.linspace(0.0, 1.0, n, dtype=np.float32)
+        self._after = None
+        for sample, label, t0 in due:
+            self._pending_markers.append((ring_base + max(0, sample - start), label, t0))
+        keep = len(self._history)
+        self._history = np.concatenate([self._history, audio])[-keep:]
+        self._write(audio)
+
+    def _crossfade_join(self, audio: np.ndarray) -> np.ndarray:
+        """Equal-power crossfade of the held tail onto the head of ``audio``."""
+        n = min(self.xfade, len(self._held), len(audio))
+        if n == 0:
+            return audio
+        t = np.linspace(0.0, np.pi / 2, n, dtype=np.float32)
+        head = self._held[-n:] * np.cos(t) + audio[:n] * np.sin(t)
+        self._held = self._held[:-n]
+        return np.concatenate([head, audio[n:]])
+
+    def _write(self, audio: np.ndarray) -> None:
+        """Append to the stream: everything but the last ``xfade`` samples goes to the ring."""
+        data = np.concatenate([self._held, audio]) if len(self._held) else audio
+        cut = max(0, len(data) - self.xfade)
+        self._to_ring(data[:cut])
+        self._held = data[cut:].copy()
+
+    def _emit_held(self) -> None:
+        if len(self._held):
+            self._to_ring(self._held)
+            self._held = np.zeros(0, dtype=np.float32)
+
+    def _to_ring(self, audio: np.ndarray) -> None:
+        done = 0
+        while done < len(audio) and not self._stop.is_set():
+            done += self.ring.write(audio[done:])
+            if done < len(audio):
+                time.sleep(self.tick)  # ring full: the sink drains in real time
+        if self.recorder is not None and len(audio):
+            self.recorder.write(audio)
+
+    def _maybe_degrade(self) -> None:
+        if self._finished or self.fresh_out == 0:
+            return  # before the first audio there is nothing to degrade
+        if self.ring.available() / self.rate >= self.low_water:
+            return
+        if self._repeats_in_row < self.max_repeats:
+            self._repeats_in_row += 1
+            self.counts.repeats += 1
+            self.counts.fill_seconds += self.repeat_len / self.rate
+            self.level = max(self.level, 2)
+            log.info("playout: generator behind, repeating the last %.2f s", self.repeat_len / self.rate)
+            repeat = self._crossfade_join(self._history.copy())
+            self._write(repeat)
+            self._after = "repeat"
+            return
+        if self._after != "silence":
+            self.counts.silences += 1
+            self.level = 3
+            log.info("playout: generator far behind, fading to silence")
+            n = len(self._held)
+            self._to_ring(self._held * np.linspace(1.0, 0.0, n, dtype=np.float32))
+            self._held = np.zeros(0, dtype=np.float32)
+            self._after = "silence"
+        block = np.zeros(int(0.1 * self.rate), dtype=np.float32)
+        self.counts.silence_seconds += len(block) / self.rate
+        self._to_ring(block)
+
+    def _level_from_buffer(self) -> None:
+        buffered = self.buffered()
+        if self.level > 0 and buffered >= self.target and self._after is None:
+            self.level = 0
+            self._repeats_in_row = 0  # a new episode may repeat again
+            self.counts.recoveries += 1
+            log.info("playout: caught up (%.2f s buffered)", buffered)
+        elif self.level == 0 and self.fresh_out > 0 and not self._finished and buffered < self.target / 2:
+            self.level = 1
+            self.counts.shorter += 1
+
+    def _resolve_markers(self) -> None:
+        now = time.monotonic()
+        still = []
+        for ring_sample, label, t0 in self._pending_markers:
+            if self.ring.consumed > ring_sample:
+                self.counts.latencies.append((label, now - t0))
+            else:
+                still.append((ring_sample, label, t0))
+        self._pending_markers = still

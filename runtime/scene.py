@@ -1,0 +1,83 @@
+"""Scene-change detection on CLIP image embeddings, with hysteresis.
+
+Frames are embedded at a bounded rate (the caller's job); each embedding is compared
+with the embedding of the scene the music currently follows. A change is declared only
+when
+
+1. the cosine distance to the current scene exceeds ``threshold`` for ``confirm``
+   embeddings in a row (one odd frame, a passing hand, does nothing), and
+2. those embeddings agree with each other (pairwise distance below
+   ``stable_fraction * threshold``): flicker between two views is not a new scene, and
+3. at least ``min_dwell`` seconds have passed since the last change, so a busy room
+   cannot make the music thrash.
+
+The new scene's embedding is the mean of the confirming embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SceneConfig:
+    threshold: float = 0.12
+    """Cosine distance (1 - cos) to the current scene that counts as 'different'. Real
+    CLIP ViT-B/32 puts two views of one room at ~0.02-0.06 and two rooms at 0.15-0.4."""
+    confirm: int = 2
+    """Consecutive different embeddings needed to declare a change."""
+    stable_fraction: float = 0.5
+    """Confirming embeddings must be within ``stable_fraction * threshold`` of each other."""
+    min_dwell: float = 4.0
+    """Seconds after a change during which no new change is declared."""
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0
+    return 1.0 - float(np.dot(a, b)) / (na * nb)
+
+
+class SceneTracker:
+    """Feed embeddings with :meth:`update`; it returns the new scene's embedding on a change."""
+
+    def __init__(self, config: SceneConfig | None = None) -> None:
+        self.config = config or SceneConfig()
+        self.current: np.ndarray | None = None
+        self.candidates: list[np.ndarray] = []
+        self.last_change = float("-inf")
+        self.changes = 0
+        self.last_distance = 0.0
+        self.change_started = 0.0
+        """Time of the first embedding of the latest confirmed change (for latency)."""
+        self._candidate_since = 0.0
+
+    def update(self, embedding: np.ndarray, now: float) -> np.ndarray | None:
+        """One (D,) embedding at time ``now`` (s) -> the new scene embedding, or None."""
+        embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        c = self.config
+        if self.current is None:  # the first scene
+            self.current, self.last_change, self.change_started = embedding, now, now
+            return embedding
+        self.last_distance = cosine_distance(self.current, embedding)
+        if self.last_distance <= c.threshold:
+            self.candidates.clear()
+            return None
+        if self.candidates and cosine_distance(self.candidates[-1], embedding) > c.stable_fraction * c.threshold:
+            self.candidates = [embedding]  # flicker: the 'new scene' is not holding still
+            self._candidate_since = now
+            return None
+        if not self.candidates:
+            self._candidate_since = now
+        self.candidates.append(embedding)
+        if len(self.candidates) < c.confirm or now - self.last_change < c.min_dwell:
+            return None
+        self.current = np.mean(self.candidates, axis=0)
+        self.candidates.clear()
+        self.change_started = self._candidate_since
+        self.last_change = now
+        self.changes += 1
+        return self.current

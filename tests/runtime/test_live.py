@@ -1,0 +1,250 @@
+"""Live runs end to end on the tiny bundle: headless (--no-audio + WAV), failing sources,
+a slowed generator, Ctrl-C / SIGTERM, and a real sound card where PortAudio has one."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from runtime.errors import run_cli
+from runtime.live import main as live_main
+from runtime.live import run_live
+from runtime.live_engine import LiveConfig
+from runtime.live_sources import SyntheticSource
+from runtime.sampling import SamplingConfig
+from runtime.scene import SceneConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+# Tiny CLIP at 32 px puts two synthetic scenes 0.05-0.4 apart and sensor noise at ~0.
+TINY_SCENES = ["--scene-threshold", "0.02", "--min-dwell", "1"]
+
+
+def _live(*args, **kw):
+    return subprocess.run([sys.executable, str(ROOT / "runtime" / "live.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, **kw)
+
+
+def _metrics(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_synthetic_twenty_seconds(tiny_bundle, tmp_path):
+    wav, metrics = tmp_path / "live.wav", tmp_path / "m.jsonl"
+    r = _live("--synthetic", "--engines", str(tiny_bundle), "--no-audio", "--record", str(wav), "--duration", "20",
+              "--metrics", str(metrics), "--scene-seconds", "4", "--window-seconds", "6", "--keep-seconds", "2",
+              "--threads", "2", *TINY_SCENES, timeout=120)
+    assert r.returncode == 0, r.stderr
+    info = sf.info(str(wav))
+    assert info.samplerate == 32000
+    assert abs(info.frames / info.samplerate - 20.0) <= 0.2  # within 1 %
+    last = _metrics(metrics)[-1]
+    assert last["underflows"] == 0
+    assert last["scene_changes"] >= 2
+    assert last["reprimes"] >= 2  # 20 s through 6 s windows: the stream went on across them
+    assert 0 < len(last["scene_latency_s"]) and max(last["scene_latency_s"]) < 5.0
+    audio, _ = sf.read(str(wav))
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+    assert "recorded 20.00 s" in r.stdout
+
+
+class FlakySource:
+    """A camera that misbehaves in every way, one way per connection: raises, blocks,
+    returns None, returns garbage; opening fails once. Good frames in between."""
+
+    name, bgr = "flaky camera", True
+
+    def __init__(self, good: np.ndarray) -> None:
+        self.good, self.opens = good, 0
+        self.plan = ["raise", "open-fails", "block", "none", "garbage", "good"]
+
+    def open(self):
+        mode = self.plan[min(self.opens, len(self.plan) - 1)]
+        self.opens += 1
+        if mode == "open-fails":
+            raise OSError("device busy")
+        return _Connection(self.good, mode)
+
+
+class _Connection:
+    GARBAGE = ["frame", np.zeros((4, 4, 3), np.uint8), np.zeros((64, 64, 7), np.uint8),
+               np.full((64, 64), np.inf, np.float32), np.zeros((64, 64, 3), bool)]
+
+    def __init__(self, good, mode):
+        self.good, self.mode, self.reads = good, mode, 0
+
+    def read(self):
+        time.sleep(0.02)
+        self.reads += 1
+        if self.reads <= 10 or self.mode == "good":
+            return self.good
+        if self.mode == "raise":
+            raise RuntimeError("driver error")
+        if self.mode == "block":
+            time.sleep(30)  # a stalled USB camera: read() never returns in time
+        if self.mode == "none":
+            return None
+        return self.GARBAGE[self.reads % len(self.GARBAGE)]
+
+    def release(self):
+        pass
+
+
+def _config(duration, **kw):
+    return LiveConfig(duration=duration, stale_after=0.5, embed_interval=0.25,
+                      scene=SceneConfig(threshold=0.02, min_dwell=1.0), sampling=SamplingConfig(seed=1), **kw)
+
+
+def test_failing_source_keeps_the_music_going(tiny_bundle, tmp_path, photos, caplog):
+    good = np.asarray(photos["astronaut"])[:, :, ::-1].copy()  # BGR, as OpenCV delivers
+    source = FlakySource(good)
+    wav = tmp_path / "flaky.wav"
+    caplog.set_level("WARNING", logger="runtime.live_sources")
+    summary = run_live(str(tiny_bundle), source, _config(8.0), record=str(wav), threads=2)
+    assert "0 underflows" in summary
+    reconnects = [r.message for r in caplog.records if "reconnecting" in r.message]
+    assert any("bad reads in a row" in m for m in reconnects)  # raise / None / garbage
+    assert any("stalled or blocked" in m for m in reconnects)  # block
+    assert any("open failed" in r.message for r in caplog.records)
+    assert source.opens >= 5
+    info = sf.info(str(wav))
+    assert abs(info.frames / info.samplerate - 8.0) <= 0.08
+
+
+def test_slowed_generator_degrades_and_recovers(tiny_bundle, tmp_path):
+    engines = {}
+
+    def slow_down(engine):
+        engines["e"] = engine
+        fast = engine.endless.next_frames
+
+        def next_frames(count, sampling):
+            music = engine.music_samples / engine.pipeline.sample_rate
+            if 3.0 <= music < 4.5:
+                time.sleep(count / 50 * 3)  # three times slower than real time
+            return fast(count, sampling)
+
+        engine.endless.next_frames = next_frames
+
+    wav = tmp_path / "slow.wav"
+    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(8.0), record=str(wav), threads=2,
+                       engine_hook=slow_down)
+    playout = engines["e"].playout
+    c = playout.counts
+    assert c.shorter >= 1 and c.repeats >= 1 and c.silences >= 1, summary  # each step, in order
+    assert c.recoveries >= 1 and playout.level == 0
+    assert playout.ring.underflows == 0  # the sink always got full buffers
+    info = sf.info(str(wav))
+    expected = 8.0 + c.fill_seconds + c.silence_seconds
+    assert abs(info.frames / info.samplerate - expected) < 0.02 * expected
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_leaves_a_complete_wav(tiny_bundle, tmp_path, sig):
+    wav, metrics = tmp_path / "stop.wav", tmp_path / "m.jsonl"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
+                             str(tiny_bundle), "--no-audio", "--record", str(wav), "--metrics", str(metrics),
+                             "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if metrics.exists() and any(m["music_s"] >= 3 for m in _metrics(metrics)):
+            break
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    recorded = float(out.split("recorded ")[1].split(" s")[0])
+    assert recorded >= 2.0
+    audio, rate = sf.read(str(wav))  # a valid file, header and all
+    assert abs(len(audio) / rate - recorded) < 0.01
+    assert np.isfinite(audio).all()
+
+
+def test_video_file_and_image_folder_sources(tiny_bundle, tmp_path, photos):
+    cv2 = pytest.importorskip("cv2")
+    video = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for name in ("astronaut", "coffee", "chelsea"):
+        frame = cv2.resize(np.asarray(photos[name].convert("RGB"))[:, :, ::-1], (320, 240))
+        for _ in range(20):
+            writer.write(frame)
+    writer.release()
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("rocket", "logo", "page"):
+        photos[name].save(folder / f"{name}.png")
+    (folder / "broken.png").write_bytes(b"not a png")  # dropped each time it comes up
+    for source in (["--video", str(video)], ["--images", str(folder), "--interval", "1"]):
+        wav = tmp_path / "src.wav"
+        r = _live(*source, "--engines", str(tiny_bundle), "--no-audio", "--record", str(wav), "--duration", "4",
+                  "--threads", "2", *TINY_SCENES, "--embed-interval", "0.2", timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert abs(sf.info(str(wav)).duration - 4.0) <= 0.04
+        changes = int(r.stdout.split(" scene changes")[0].split(", ")[-1])
+        assert changes >= 1, r.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give exactly one source"),
+    (["--synthetic", "--camera", "0"], "give exactly one source"),
+    (["--video", "/nope/v.mp4"], "video file not found"),
+    (["--synthetic", "--record", "/nope/dir/x.wav"], "directory does not exist"),
+    (["--synthetic", "--engines", "/nope/bundle"], "engine bundle not found"),
+])
+def test_bad_input_is_one_clear_error(argv, message, capsys):
+    if "--engines" not in argv:
+        argv = argv + ["--engines", "/tmp"]
+    assert run_cli(live_main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_help_states_defaults():
+    r = _live("--help")
+    assert r.returncode == 0
+    for flag in ("--buffer", "--transition", "--scene-threshold", "--chunk-frames", "--guidance-scale"):
+        assert flag in r.stdout
+    assert r.stdout.count("(default:") >= 20
+
+
+def _portaudio_output():
+    """A PortAudio output device, starting a PulseAudio null sink when none is there."""
+    if shutil.which("pulseaudio") and subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
+        subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n",
+                        "--load=module-null-sink sink_name=img2music_test", "--load=module-native-protocol-unix"],
+                       capture_output=True)
+        time.sleep(1)
+    try:
+        import sounddevice as sd
+
+        sd._terminate()  # re-scan devices: the server may have just started
+        sd._initialize()
+        sd.query_devices(None, "output")
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def test_sound_card_sink(tiny_bundle, tmp_path):
+    reason = _portaudio_output()
+    if reason is not None:
+        pytest.skip(f"no PortAudio output device here ({reason}); install libportaudio2 + pulseaudio to run it")
+    from runtime.audio_sink import device_rate
+
+    wav = tmp_path / "card.wav"
+    summary = run_live(str(tiny_bundle), SyntheticSource(seed=3), _config(3.0), no_audio=False, record=str(wav),
+                       threads=2)
+    # run_live returns only after the device callback drained every sample
+    assert "0 underflows" in summary
+    info = sf.info(str(wav))
+    assert info.samplerate == device_rate(None)
+    assert abs(info.duration - 3.0) <= 0.03

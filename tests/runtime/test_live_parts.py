@@ -1,0 +1,155 @@
+"""Live runtime parts on their own: frames, scenes, ring, playout degradation, resampling."""
+
+import numpy as np
+import pytest
+
+from runtime.audio_sink import Resampler, RingBuffer
+from runtime.live_engine import blend
+from runtime.live_sources import MAX_SIDE, sanitize_frame
+from runtime.playout import Playout
+from runtime.scene import SceneConfig, SceneTracker
+
+
+def test_sanitize_repairs_or_drops_odd_frames(photos):
+    rgb = np.asarray(photos["astronaut"])  # (512, 512, 3) uint8
+    out = sanitize_frame(rgb[:, :, ::-1], bgr=True)
+    np.testing.assert_array_equal(out, rgb)  # BGR from OpenCV -> RGB
+    gray = np.asarray(photos["camera"])
+    assert sanitize_frame(gray).shape == (512, 512, 3)
+    assert sanitize_frame(gray[:, :, None]).shape == (512, 512, 3)
+    bgra = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(sanitize_frame(bgra, bgr=False), rgb)
+    np.testing.assert_array_equal(sanitize_frame(rgb.astype(np.uint16) << 8, bgr=False), rgb)
+    as_float = sanitize_frame(rgb.astype(np.float32) / 255, bgr=False)
+    assert np.abs(as_float.astype(int) - rgb).max() <= 1
+    huge = np.zeros((4000, 6000, 3), np.uint8)
+    assert max(sanitize_frame(huge).shape[:2]) == MAX_SIDE
+    for garbage in (None, "frame", np.zeros((0, 0, 3), np.uint8), np.zeros((8, 8, 3), np.uint8),
+                    np.zeros((64, 64, 5), np.uint8), np.zeros((64, 64, 3), bool),
+                    np.full((64, 64, 3), np.nan, np.float32), np.zeros((2, 64, 64, 3), np.uint8),
+                    np.zeros((64, 64, 3), object)):
+        assert sanitize_frame(garbage) is None
+
+
+def _unit(v):
+    return np.asarray(v, np.float32) / np.linalg.norm(v)
+
+
+def test_scene_tracker_confirms_and_ignores_flicker():
+    a, b, c = _unit([1, 0, 0]), _unit([0, 1, 0]), _unit([0, 0, 1])
+    tracker = SceneTracker(SceneConfig(threshold=0.1, confirm=2, min_dwell=1.0))
+    assert tracker.update(a, 0.0) is not None  # the first scene
+    assert tracker.update(a + 0.01, 0.5) is None  # sensor noise
+    # flicker between two other views: each differs from the last, never confirmed
+    for i, v in enumerate([b, c, b, c, b, c]):
+        assert tracker.update(v, 1.0 + i * 0.5) is None
+    assert tracker.changes == 0
+    assert tracker.update(b, 5.0) is None  # first sighting of a steady new scene
+    new = tracker.update(b, 5.5)
+    np.testing.assert_allclose(new, b)
+    assert tracker.changes == 1 and tracker.change_started == 5.0
+    # min dwell: right after a change, even a confirmed other scene waits
+    assert tracker.update(a, 5.6) is None and tracker.update(a, 5.7) is None
+    assert tracker.update(a, 6.6) is not None and tracker.changes == 2
+
+
+def test_ring_buffer_wraps_and_counts_underflows():
+    ring = RingBuffer(10)
+    out = np.empty(4, np.float32)
+    assert ring.read_into(out) == 0 and ring.underflows == 0  # before the first audio: start-up
+    assert ring.write(np.arange(8, dtype=np.float32)) == 8
+    assert ring.write(np.arange(8, dtype=np.float32)) == 2  # full
+    ring.read_into(out)
+    np.testing.assert_array_equal(out, [0, 1, 2, 3])
+    assert ring.write(np.arange(100, 104, dtype=np.float32)) == 4  # wraps
+    got = np.empty(12, np.float32)
+    assert ring.read_into(got) == 10
+    np.testing.assert_array_equal(got, [4, 5, 6, 7, 0, 1, 100, 101, 102, 103, 0, 0])
+    assert ring.underflows == 1 and ring.underflow_samples == 2
+
+
+def _drain(ring, seconds, rate):
+    ring.read_into(np.empty(int(seconds * rate), np.float32))
+
+
+def test_playout_degrades_in_order_and_recovers():
+    rate = 1000
+    ring = RingBuffer(rate * 20)
+    playout = Playout(ring, rate, target=1.0, low_water=0.15, crossfade=0.05, repeat_seconds=0.5, max_repeats=2)
+    tone = np.sin(np.arange(3 * rate) * 0.05).astype(np.float32)
+    playout.submit(tone[:rate])  # pre-roll reached
+    playout.feed()
+    assert ring.available() == rate - playout.xfade  # the crossfade tail is held back
+    _drain(ring, 0.6, rate)
+    playout.feed()
+    assert playout.level == 1 and playout.counts.shorter == 1  # below half the target
+    _drain(ring, 0.3, rate)
+    playout.feed()  # ring nearly dry, nothing fresh: repeat
+    assert playout.counts.repeats == 1 and playout.level == 2
+    _drain(ring, ring.available() / rate - 0.1, rate)  # the sink plays on, the feeder ticks in time
+    playout.feed()
+    _drain(ring, ring.available() / rate - 0.1, rate)
+    playout.feed()  # third time: fade to silence instead
+    assert playout.counts.repeats == 2 and playout.counts.silences == 1 and playout.level == 3
+    assert ring.underflows == 0  # every read so far found audio (or deliberate silence)
+    playout.submit(tone[rate:])  # the generator is back
+    playout.feed()
+    assert playout.level == 0 and playout.counts.recoveries == 1
+    assert abs(playout.counts.fill_seconds - 1.0) < 1e-9
+
+
+def test_playout_crossfades_repeats_without_clicks():
+    rate = 8000
+    ring = RingBuffer(rate * 10)
+    playout = Playout(ring, rate, target=0.5, low_water=0.15, crossfade=0.02, repeat_seconds=0.25)
+    t = np.arange(rate) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    playout.submit(tone)
+    playout.feed()
+    _drain(ring, 0.9, rate)
+    playout.feed()  # repeat inserted
+    playout.submit(tone)
+    playout.feed()
+    playout.finish()
+    playout.feed()
+    out = np.empty(ring.available(), np.float32)
+    ring.read_into(out)
+    # a 220 Hz tone at 0.5 moves at most 0.5 * 2pi * 220 / 8000 = 0.087 per sample; a
+    # hard splice would jump by up to 1.0
+    assert np.abs(np.diff(out)).max() < 0.2
+
+
+def test_resampler_streams_without_seams():
+    t = np.arange(32000) / 32000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    whole = Resampler(32000, 48000)(tone, last=True)
+    r = Resampler(32000, 48000)
+    parts = [r(tone[i : i + 640], last=i + 640 >= len(tone)) for i in range(0, len(tone), 640)]
+    streamed = np.concatenate(parts)
+    assert abs(len(streamed) - 48000) <= 1
+    n = min(len(whole), len(streamed))
+    assert np.abs(whole[:n] - streamed[:n]).max() < 1e-4
+    spectrum = np.abs(np.fft.rfft(streamed[:48000]))
+    assert abs(np.argmax(spectrum) * 48000 / 48000 - 440) <= 1
+    same = Resampler(32000, 32000)
+    np.testing.assert_array_equal(same(tone), tone)
+
+
+def test_blend_interpolates_conditioning():
+    old = (np.ones((1, 3, 4), np.float32), np.array([[1, 1, 0]]))
+    new = (np.full((1, 5, 4), 3.0, np.float32), np.array([[1, 1, 1, 1, 0]]))
+    cond, mask = blend(old, new, 0.25)
+    assert cond.shape == (1, 5, 4)
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0]])
+    np.testing.assert_allclose(cond[0, :, 0], [1.5, 1.5, 0.75, 0.75, 0.0])
+    assert blend(old, new, 1.0) is new
+
+
+@pytest.mark.parametrize("bad", [dict(), dict(camera="0", synthetic=True), dict(video="/nope.mp4"),
+                                 dict(images="/nope"), dict(camera="/dev/video99")])
+def test_make_source_refuses_bad_choices(bad):
+    from runtime.errors import Img2MusicError
+    from runtime.live_sources import make_source
+
+    with pytest.raises(Img2MusicError):
+        make_source(**bad)
