@@ -7,7 +7,7 @@ Usage::
         --clip openai/clip-vit-base-patch32 --out engines/small
     python export/build_engines.py --preset small-random --precision int8 --out engines/small-int8
 
-Writes clip_vision, projector (the prompt bank's selection), cross_kv, decoder_step
+Writes clip_vision, projector (the prompt bank's selection, or a trained projector with --projector), cross_kv, decoder_step
 (in-place GroupQueryAttention KV cache), encodec_decode and the two graphs of the
 exact streaming EnCodec decoder (encodec_stream_front/back) as ONNX, validates each
 against its torch module (one ✓/✗ line per output; any ✗ fails the build) and writes
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, default=None, help="random-weight models instead of checkpoints")
     p.add_argument("--musicgen", default=None, help="MusicGen hub id or local directory (default facebook/musicgen-small)")
     p.add_argument("--clip", default=None, help="CLIP hub id or local directory (default openai/clip-vit-base-patch32)")
+    p.add_argument("--projector", default=None, metavar="CKPT",
+                   help="trained projector checkpoint from training/train.py (default: the zero-shot prompt bank)")
     p.add_argument("--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend")
     p.add_argument("--precision", choices=("fp32", "int8", "int4"), default="fp32",
                    help="fp32, or quantized: int8 / int4 decoder weights, both with an int8 KV cache")
@@ -75,8 +77,9 @@ class _Progress:
         print(f"[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.start:.1f} s)", flush=True)
 
 
-def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=None) -> dict:
-    """Export, validate and describe every graph into ``out`` (which must not exist)."""
+def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=None, projector_checkpoint=None) -> dict:
+    """Export, validate and describe every graph into ``out`` (which must not exist).
+    ``projector_checkpoint``: a train.py checkpoint replacing the prompt bank."""
     import torch
 
     from export.bundle_writer import write_manifest
@@ -87,7 +90,7 @@ def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=No
                                     projector_spec)
     from export.onnx_graph import save_model
     from export.prompt_bank_graph import build_prompt_bank_graph
-    from export.torch_export import ClipVisionGraph, EncodecDecodeGraph, export_module
+    from export.torch_export import ClipVisionGraph, EncodecDecodeGraph, ProjectorGraph, export_module
     from export.validation import (validate_clip, validate_cross_kv, validate_decoder_step, validate_encodec,
                                    validate_encodec_stream, validate_projector)
     from runtime.decoder_session import DecoderSession, DecoderShape
@@ -109,12 +112,18 @@ def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=No
             report(c.line())
         checks.extend(new)
 
-    progress("prompt bank: embedding directives with CLIP text + T5")
-    bank = build_prompt_bank(models)
-    projector = PromptBankProjector(bank)
+    trained = None
+    if projector_checkpoint is None:
+        progress("prompt bank: embedding directives with CLIP text + T5")
+        bank = build_prompt_bank(models)
+        projector, num_tokens, directives = PromptBankProjector(bank), bank.num_tokens, bank.directives
+    else:
+        progress(f"trained projector: {projector_checkpoint}")
+        projector, trained = load_trained_projector(projector_checkpoint, clip_dim, text_dim)
+        num_tokens, directives = projector.config.num_tokens, None
     specs = {
         "clip_vision": clip_vision_spec(models.image_config.crop_height, clip_dim),
-        "projector": projector_spec(clip_dim, bank.num_tokens, text_dim, prompt_bank=True),
+        "projector": projector_spec(clip_dim, num_tokens, text_dim, prompt_bank=trained is None),
         "cross_kv": cross_kv_spec(text_dim, dec.num_hidden_layers, heads, head_dim),
         "decoder_step": decoder_step_spec(models.num_codebooks, dec.vocab_size, dec.num_hidden_layers, heads, head_dim),
         "encodec_decode": encodec_decode_spec(models.num_codebooks),
@@ -126,8 +135,13 @@ def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=No
                   out / "clip_vision.onnx")
     run_checks(validate_clip(create_session(out / "clip_vision.onnx"), models, seed=seed))
 
-    progress("projector.onnx (prompt bank selection)")
-    save_model(build_prompt_bank_graph(bank), out / "projector.onnx")
+    if trained is None:
+        progress("projector.onnx (prompt bank selection)")
+        save_model(build_prompt_bank_graph(bank), out / "projector.onnx")
+    else:
+        progress(f"projector.onnx (trained {trained['kind']}, {num_tokens} tokens)")
+        export_module(ProjectorGraph(projector), (torch.zeros(1, clip_dim),), specs["projector"],
+                      out / "projector.onnx")
     run_checks(validate_projector(create_session(out / "projector.onnx"), projector, clip_dim, seed=seed))
 
     progress("cross_kv.onnx")
@@ -179,8 +193,24 @@ def build_bundle(out: Path, models, seed: int = 0, report=print, quantization=No
     defaults = {"guidance_scale": float(gc.guidance_scale or 3.0), "top_k": int(gc.top_k or 250),
                 "temperature": float(gc.temperature or 1.0)}
     stream = {"lstm_layers": lstm_layers, "lstm_channels": lstm_channels}
-    return write_manifest(out, specs, models, bank.directives, bank.num_tokens, checks, defaults, quantized,
-                          encodec_stream=stream)
+    return write_manifest(out, specs, models, directives, num_tokens, checks, defaults, quantized,
+                          encodec_stream=stream, projector=trained)
+
+
+def load_trained_projector(path: str, clip_dim: int, text_dim: int):
+    """(projector module, manifest provenance) from a train.py checkpoint that fits these models."""
+    from training.evaluate import load_checkpoint
+
+    model, state = load_checkpoint(path)
+    c = model.config
+    if (c.clip_dim, c.cond_dim) != (clip_dim, text_dim):
+        raise Img2MusicError(f"projector {path} maps CLIP {c.clip_dim} -> T5 {c.cond_dim}, but these models need "
+                             f"{clip_dim} -> {text_dim}: it was trained for other models")
+    data = state.get("dataset", {})
+    return model, {"kind": state["projector"]["kind"], "checkpoint": str(path), "epoch": state["epoch"],
+                   "best_val_latent": state["best"], "dataset": {k: data.get(k) for k in
+                                                                 ("preset", "musicgen", "clip", "captioner", "llm",
+                                                                  "prompt", "splits")}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise Img2MusicError(f"cannot create {partial.parent}: {exc.strerror or exc}") from exc
     shutil.rmtree(partial, ignore_errors=True)
 
+    if args.projector is not None and not Path(args.projector).is_file():
+        raise Img2MusicError(f"projector checkpoint not found: {args.projector}")
     from export.models import load_models
 
     start = time.perf_counter()
@@ -213,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kv=KvCalibrationConfig(steps=args.calibration_steps, seed=args.seed), report_steps=args.report_steps,
         )
     try:
-        manifest = build_bundle(partial, models, seed=args.seed, quantization=quantization)
+        manifest = build_bundle(partial, models, seed=args.seed, quantization=quantization,
+                                projector_checkpoint=args.projector)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -45,8 +45,9 @@ def file_entries(root: Path) -> dict[str, dict]:
 
 def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_directives: list[str] | None,
                    num_tokens: int, validation: list, sampling_defaults: dict, quantized: dict | None = None,
-                   encodec_stream: dict | None = None) -> dict:
-    """``quantized``: the sections ``calibration.build_quantized.quantize_bundle`` returned."""
+                   encodec_stream: dict | None = None, projector: dict | None = None) -> dict:
+    """``quantized``: the sections ``calibration.build_quantized.quantize_bundle`` returned;
+    ``projector``: a trained projector's kind and provenance (None: the prompt bank)."""
     quantized = dict(quantized or {})
     precisions = quantized.pop("graph_precisions", {})
     mg = models.musicgen
@@ -78,8 +79,9 @@ def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_direct
         "conditioning": {
             "text_dim": mg.config.text_encoder.hidden_size,
             "num_tokens": num_tokens,
-            "projector": "prompt_bank" if bank_directives is not None else "mlp",
+            "projector": "prompt_bank" if projector is None else projector["kind"],
             "directives": bank_directives,
+            **({"trained": projector} if projector is not None else {}),
         },
         "clip": {
             "embed_dim": int(models.clip.config.projection_dim),

@@ -35,6 +35,12 @@ def export_module(module, example_inputs: tuple, spec: GraphSpec, path: Path) ->
     model = onnx.load(str(tmp), load_external_data=True)
     for extra in tmp.parent.glob(tmp.name + "*"):
         extra.unlink()
+    # the tracer names some static sizes symbolically (e.g. a mask built with torch.ones);
+    # the spec is the contract, so its fixed sizes are written into the graph's outputs
+    for value, tensor in zip(model.graph.output, spec.outputs):
+        for dim, size in zip(value.type.tensor_type.shape.dim, tensor.shape):
+            if isinstance(size, int):
+                dim.dim_value = size
     model.metadata_props.append(onnx.StringStringEntryProto(key="graph", value=spec.name))
     save_model(model, path)
 
@@ -55,6 +61,18 @@ class ClipVisionGraph(_module_base()):
     def forward(self, pixel_values):
         out = self.clip.get_image_features(pixel_values=pixel_values)
         return getattr(out, "pooler_output", out)
+
+
+class ProjectorGraph(_module_base()):
+    """image_embeds (B, D_clip) -> conditioning (B, N, D_t5), conditioning_mask (B, N): a trained projector."""
+
+    def __init__(self, projector) -> None:
+        super().__init__()
+        self.projector = projector
+
+    def forward(self, image_embeds):
+        out = self.projector(image_embeds)
+        return out.conditioning, out.mask
 
 
 class EncodecDecodeGraph(_module_base()):

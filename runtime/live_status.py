@@ -53,7 +53,7 @@ def snapshot(engine, sink, started: float) -> dict:
         "degrade_repeats": p.counts.repeats,
         "degrade_silences": p.counts.silences,
         "recoveries": p.counts.recoveries,
-        "scene_latency_s": [round(s, 3) for label, s in p.counts.latencies if label == "scene"][-5:],
+        "scene_latency_s": [round(s, 3) for label, s, _ in p.counts.latencies if label == "scene"][-5:],
         "sink_reopens": getattr(sink, "reopens", 0),
         "rss_mb": round(rss_mb(), 1),
     }

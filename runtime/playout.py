@@ -50,7 +50,8 @@ class DegradeCounts:
     fill_seconds: float = 0.0
     """Seconds of repeated audio inserted."""
     latencies: list = field(default_factory=list)
-    """Resolved markers: (label, seconds from the marker's start to its sample leaving the ring)."""
+    """Resolved markers: (label, seconds from the marker's start to its sample leaving the
+    ring, the start time)."""
 
 
 class Playout:
@@ -235,7 +236,7 @@ class Playout:
         still = []
         for ring_sample, label, t0 in self._pending_markers:
             if self.ring.consumed > ring_sample:
-                self.counts.latencies.append((label, now - t0))
+                self.counts.latencies.append((label, now - t0, t0))
             else:
                 still.append((ring_sample, label, t0))
         self._pending_markers = still

@@ -1,0 +1,160 @@
+"""Live runtime figures: scene-change latency, transition cost, memory over a long run.
+
+Usage::
+
+    python benchmarks/bench_live.py latency --engines /tmp/engines/tiny --engines /tmp/engines/small-int4
+    python benchmarks/bench_live.py soak --engines /tmp/engines/tiny --seconds 600
+
+``latency``: a source shows one generated scene, then switches to another every
+``--switch-every`` seconds, at times it records. Latency is measured from the switch
+(the first frame of the new scene enters) to the moment the first sample generated under
+the new conditioning leaves the ring buffer for the sound card (headless clock sink:
+the same pacing as a device). It is detection (embedding interval x confirmations) +
+waiting for the chunk boundary + generation + the audio already buffered ahead. Also
+timed on the bundle: one transition step in 'blend' mode (a cross_kv run) against
+'reprime' mode (a prefill of the kept frames), median of repeats.
+
+``soak``: a synthetic-scene run of ``--seconds`` of music; RSS from the metrics
+snapshots (first after warm-up, last, max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+
+from benchmarks.machine import machine_record
+from runtime.live_sources import SyntheticSource
+
+
+class SwitchingSource(SyntheticSource):
+    """Synthetic scenes that switch at recorded times (the 'frames in' clock)."""
+
+    def __init__(self, switch_every: float, seed: int = 0) -> None:
+        super().__init__(scene_seconds=switch_every, seed=seed)
+        self.switch_times: list[float] = []
+
+    def read(self):
+        frame = super().read()
+        if self._scene_index >= 1 and len(self.switch_times) < self._scene_index:
+            self.switch_times.append(time.monotonic())  # the first frame of scene n
+        return frame
+
+
+def latency(engines: str, switches: int, switch_every: float, threads: int, threshold: float) -> dict:
+    from runtime.live import run_live
+    from runtime.live_engine import LiveConfig
+    from runtime.scene import SceneConfig
+
+    holder = {}
+    source = SwitchingSource(switch_every)
+    config = LiveConfig(duration=switch_every * (switches + 1) + 2.0,
+                        scene=SceneConfig(threshold=threshold, min_dwell=1.0))
+    summary = run_live(engines, source, config, threads=threads, engine_hook=lambda e: holder.update(e=e))
+    engine = holder["e"]
+    resolved = [t0 + s for label, s, t0 in engine.playout.counts.latencies if label == "scene"]
+    lat = []
+    for switch in source.switch_times:
+        after = [t for t in resolved if t > switch]
+        if after:
+            lat.append(min(after) - switch)
+    blend_ms, reprime_ms = transition_costs(engine)
+    return {"engines": engines, "switches": len(source.switch_times), "detected": len(lat),
+            "latency_s": [round(x, 3) for x in lat],
+            "latency_median_s": round(statistics.median(lat), 3) if lat else None,
+            "rtf": round(engine.rtf, 3), "underflows": engine.playout.ring.underflows,
+            "degrade_repeats": engine.playout.counts.repeats, "blend_step_ms": blend_ms,
+            "reprime_step_ms": reprime_ms, "keep_frames": engine.endless.keep_frames, "summary": summary}
+
+
+def transition_costs(engine, repeats: int = 3) -> tuple[float, float]:
+    """Median ms of one transition step: blend (cross_kv) vs re-prime (prefill of keep)."""
+    from runtime.live_engine import blend
+
+    endless = engine.endless
+    scene = engine.scene
+    cond = blend((scene.conditioning, scene.mask), (scene.conditioning * 0.5, scene.mask), 0.5)
+    endless.start(scene.conditioning, scene.mask, guidance=endless.guidance)
+    endless.next_frames(endless.keep_frames + 4, engine.config.sampling)
+    times = {"blend": [], "reprime": []}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        endless.blend_conditioning(*cond)
+        times["blend"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        endless.swap_conditioning(*cond)
+        times["reprime"].append(time.perf_counter() - start)
+    return tuple(round(statistics.median(times[k]) * 1000, 1) for k in ("blend", "reprime"))
+
+
+def soak(engines: str, seconds: float, threads: int, metrics: str) -> dict:
+    from runtime.live import run_live
+    from runtime.live_engine import LiveConfig
+    from runtime.scene import SceneConfig
+
+    config = LiveConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
+    summary = run_live(engines, SyntheticSource(scene_seconds=6.0), config, threads=threads, metrics=metrics)
+    return soak_report(metrics, summary)
+
+
+def soak_report(metrics: str, summary: str = "") -> dict:
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
+    warm = [r for r in rows if r["uptime_s"] >= 30] or rows
+    rss = [r["rss_mb"] for r in warm]
+    return {"music_s": rows[-1]["music_s"], "rss_after_30s_mb": rss[0], "rss_end_mb": rss[-1],
+            "rss_max_mb": max(rss), "rss_growth_mb": round(max(rss) - rss[0], 1),
+            "underflows": rows[-1]["underflows"], "scene_changes": rows[-1]["scene_changes"],
+            "reprimes": rows[-1]["reprimes"], "summary": summary}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Live runtime benchmark.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    lat = sub.add_parser("latency", help="scene change -> first changed sample out",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    lat.add_argument("--engines", action="append", required=True, help="bundle directory; repeat to compare")
+    lat.add_argument("--switches", type=int, default=4, help="scene switches per bundle")
+    lat.add_argument("--switch-every", type=float, default=8.0, help="seconds between switches")
+    lat.add_argument("--scene-threshold", type=float, default=0.02,
+                     help="cosine distance for a change (random-weight CLIPs see synthetic scenes 0.05-0.4 apart)")
+    soak_p = sub.add_parser("soak", help="RSS over a long synthetic run",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    soak_p.add_argument("--engines", required=True, help="bundle directory")
+    soak_p.add_argument("--seconds", type=float, default=600.0, help="seconds of music")
+    soak_p.add_argument("--metrics", default="soak_metrics.jsonl", help="JSONL metrics file written by the run")
+    for sp in (lat, soak_p):
+        sp.add_argument("--threads", type=int, default=2, help="CPU threads for onnxruntime")
+        sp.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.mode == "latency":
+        results = [latency(e, args.switches, args.switch_every, args.threads, args.scene_threshold)
+                   for e in args.engines]
+        for r in results:
+            print(f"{r['engines']}: scene change -> first changed sample out: median {r['latency_median_s']} s "
+                  f"over {r['detected']}/{r['switches']} switches {r['latency_s']}; RTF {r['rtf']}, "
+                  f"underflows {r['underflows']}, repeats {r['degrade_repeats']}; transition step: "
+                  f"blend {r['blend_step_ms']} ms vs re-prime of {r['keep_frames']} frames {r['reprime_step_ms']} ms")
+    else:
+        results = [soak(args.engines, args.seconds, args.threads, args.metrics)]
+        r = results[0]
+        print(f"{args.engines}: {r['music_s']:.0f} s of music; RSS {r['rss_after_30s_mb']} MB after 30 s, "
+              f"{r['rss_end_mb']} MB at the end, max {r['rss_max_mb']} MB: growth {r['rss_growth_mb']} MB; "
+              f"underflows {r['underflows']}, scene changes {r['scene_changes']}, re-primes {r['reprimes']}")
+    print(f"machine: {machine_record()['cpu']}, {machine_record()['cores_available']} cores, threads {args.threads}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": machine_record(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Phase I: build the Study II dataset (image -> caption -> directive -> T5 target).
+
+Usage::
+
+    # tiny models, anywhere (tests, a dry run of the whole pipeline)
+    python training/build_dataset.py --input photos/ --out data/tiny --preset tiny --captioner tiny --llm tiny
+    # the thesis' models on a GPU machine
+    python training/build_dataset.py --input imemnet.csv --out data/imemnet --device cuda \\
+        --musicgen facebook/musicgen-small --clip openai/clip-vit-base-patch32 \\
+        --captioner Salesforce/blip2-opt-2.7b --llm meta-llama/Llama-3.1-8B-Instruct
+    # ablations: the alternate prompt, or BLIP captions only
+    python training/build_dataset.py ... --prompt compose
+    python training/build_dataset.py ... --no-llm
+
+Steps, each batched, cached under ``<out>/cache/<step>`` and resumed after a crash or
+Ctrl-C (finished batches are never redone): clip (image embeddings), captions (BLIP-2,
+or the manifest's ``text``), directives (the instruction LLM), t5 (MusicGen's text
+encoder), codes (EnCodec codes of the paired audio; ``--generate-codes S`` generates S
+seconds from the T5 target where there is none), then a stratified 80/10/10 split and
+the shards (format: training/dataset_store.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+
+from export.presets import PRESETS
+from runtime.errors import Img2MusicError, run_cli, setup_logging
+from training.text_models import DEFAULT_CAPTIONER, DEFAULT_LLM, PROMPTS
+
+log = logging.getLogger("build_dataset")
+
+
+class BatchLimit(Exception):
+    """``--limit-batches`` reached: the run stops as if interrupted."""
+
+
+@dataclass
+class BuildConfig:
+    input: str
+    """Image folder or CSV/JSONL manifest."""
+    out: str
+    """Dataset directory (created; re-running resumes)."""
+    preset: str | None = None
+    """Random-weight MusicGen + CLIP preset instead of checkpoints."""
+    musicgen: str | None = None
+    """MusicGen hub id or directory (its T5 makes the targets, its EnCodec the codes)."""
+    clip: str | None = None
+    """CLIP hub id or directory (must be the runtime's CLIP)."""
+    captioner: str = DEFAULT_CAPTIONER
+    """BLIP-2 hub id or directory, or 'tiny'."""
+    llm: str = DEFAULT_LLM
+    """Instruction LLM hub id or directory, or 'tiny'."""
+    prompt: str = "thesis"
+    """Which user prompt the LLM gets (training/text_models.PROMPTS)."""
+    no_llm: bool = False
+    """BLIP-only ablation: the caption itself is the directive."""
+    batch_size: int = 16
+    """Items per batch in every step."""
+    t5_tokens: int = 64
+    """T5 targets are padded/truncated to this many tokens."""
+    audio_seconds: float = 10.0
+    """Paired audio is cropped/padded to this length before EnCodec."""
+    generate_codes: float = 0.0
+    """Seconds of codes generated from the T5 target for items without audio (0 = none)."""
+    seed: int = 0
+    """Split and generation seed."""
+    device: str = "cpu"
+    """torch device for every model."""
+    limit_batches: int | None = None
+    """Stop after this many new batches (simulates an interruption; resume tests)."""
+
+
+class Builder:
+    def __init__(self, config: BuildConfig, report: Callable[[str], None] = print) -> None:
+        self.c, self.report = config, report
+        self.root = Path(config.out)
+        self.batches_run = 0
+        self._models = self._captioner = self._llm = None
+
+    # models are loaded only when a step has work to do
+    @property
+    def models(self):
+        if self._models is None:
+            from export.models import load_models
+
+            self._models = load_models(self.c.preset, self.c.musicgen, self.c.clip)
+            self._models.musicgen.to(self.c.device)
+            self._models.clip.to(self.c.device)
+        return self._models
+
+    def run_step(self, name: str, items: list[dict], work: Callable[[list[dict]], tuple]) -> None:
+        from tqdm import tqdm
+
+        from training.dataset_store import StepCache
+
+        cache = StepCache(self.root, name)
+        todo = [it for it in items if it["id"] not in cache.done()]
+        self.report(f"{name}: {len(items)} items, {len(items) - len(todo)} cached, {len(todo)} to do")
+        bs = self.c.batch_size
+        for start in tqdm(range(0, len(todo), bs), desc=name, unit="batch", disable=not todo, leave=False):
+            if self.c.limit_batches is not None and self.batches_run >= self.c.limit_batches:
+                raise BatchLimit
+            batch = todo[start : start + bs]
+            tensors, records = work(batch)
+            cache.add([it["id"] for it in batch], tensors, records)
+            self.batches_run += 1
+        self.caches[name] = cache
+
+    def build(self) -> dict:
+        from training.dataset_input import read_items, stratified_split
+        from training.dataset_store import write_dataset
+
+        items = read_items(self.c.input)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.caches = {}
+        self.run_step("clip", items, self._clip)
+        self.run_step("captions", items, self._captions)
+        for it in items:
+            it.update(self.caches["captions"].record(it["id"]))
+        self.run_step("directives", items, self._directives)
+        for it in items:
+            it.update(self.caches["directives"].record(it["id"]))
+        self.run_step("t5", items, self._t5)
+        self.run_step("codes", items, self._codes)
+        splits = stratified_split(items, self.c.seed)
+        ids = [it["id"] for it in items]
+        tensors = {}
+        for step in ("clip", "t5", "codes"):
+            tensors.update(self.caches[step].tensors(ids))
+        out_items = [{k: it.get(k) for k in ("id", "image", "audio", "caption", "caption_source", "directive",
+                                              "emotion", "genre")} | {"split": s} for it, s in zip(items, splits)]
+        info = {"musicgen": self.c.musicgen, "clip": self.c.clip, "preset": self.c.preset,
+                "captioner": self.c.captioner, "llm": None if self.c.no_llm else self.c.llm,
+                "prompt": None if self.c.no_llm else self.c.prompt, "t5_tokens": self.c.t5_tokens,
+                "audio_frames": int(tensors["audio_codes"].shape[2]), "seed": self.c.seed,
+                "clip_dim": int(tensors["clip_embeds"].shape[1]), "cond_dim": int(tensors["t5_hidden"].shape[2]),
+                "num_codebooks": int(tensors["audio_codes"].shape[1])}
+        write_dataset(self.root, out_items, tensors, info)
+        counts = {s: splits.count(s) for s in ("train", "val", "test")}
+        self.report(f"dataset written to {self.root}: {len(items)} items, split {counts}")
+        return counts
+
+    # -- steps ----------------------------------------------------------------------
+    def _clip(self, batch):
+        import torch
+
+        from runtime.preprocess import load_image, preprocess_images
+
+        pixels = preprocess_images([load_image(it["image"]) for it in batch], self.models.image_config)
+        with torch.inference_mode():
+            out = self.models.clip.get_image_features(pixel_values=torch.from_numpy(pixels).to(self.c.device))
+        embeds = getattr(out, "pooler_output", out).float().cpu().numpy()  # (B, D_clip), as clip_vision.onnx
+        return {"clip_embeds": embeds}, None
+
+    def _captions(self, batch):
+        from runtime.preprocess import load_image
+        from training.text_models import load_captioner
+
+        need = [it for it in batch if not it.get("text")]
+        captions = {}
+        if need:
+            if self._captioner is None:
+                self._captioner = load_captioner(self.c.captioner, self.c.device)
+            captions = dict(zip([it["id"] for it in need], self._captioner([load_image(it["image"]) for it in need])))
+        return None, [{"caption": it["text"], "caption_source": "manifest"} if it.get("text")
+                      else {"caption": captions[it["id"]], "caption_source": "captioner"} for it in batch]
+
+    def _directives(self, batch):
+        from training.text_models import load_llm
+
+        if self.c.no_llm:
+            return None, [{"directive": it["caption"]} for it in batch]
+        if self._llm is None:
+            self._llm = load_llm(self.c.llm, self.c.prompt, self.c.device)
+        return None, [{"directive": d} for d in self._llm([it["caption"] for it in batch])]
+
+    def _t5(self, batch):
+        import torch
+
+        m = self.models
+        enc = m.t5_tokenizer([it["directive"] for it in batch], padding="max_length", truncation=True,
+                             max_length=self.c.t5_tokens, return_tensors="pt").to(self.c.device)
+        with torch.inference_mode():
+            hidden = m.musicgen.text_encoder(**enc).last_hidden_state  # (B, L, D_t5)
+        hidden = hidden * enc["attention_mask"][..., None]
+        return {"t5_hidden": hidden.float().cpu().numpy(), "t5_mask": enc["attention_mask"].cpu().numpy()}, None
+
+    def _codes(self, batch):
+        import torch
+
+        m = self.models
+        frames = int(round(self.c.audio_seconds * m.frame_rate))
+        k = m.num_codebooks
+        codes = np.zeros((len(batch), k, frames), np.int64)
+        mask = np.zeros((len(batch), frames), np.int64)
+        with_audio = [i for i, it in enumerate(batch) if it.get("audio")]
+        if with_audio:
+            waves, lengths = zip(*(load_audio(batch[i]["audio"], m.sample_rate, frames * m.hop_length)
+                                   for i in with_audio))
+            x = torch.from_numpy(np.stack(waves))[:, None].to(self.c.device)  # (b, 1, T)
+            with torch.inference_mode():
+                out = m.musicgen.audio_encoder.encode(x).audio_codes[0]  # (b, K, frames)
+            for row, i in enumerate(with_audio):
+                codes[i] = out[row].cpu().numpy()
+                mask[i, : -(-lengths[row] // m.hop_length)] = 1
+        without = [i for i, it in enumerate(batch) if not it.get("audio")]
+        if without and self.c.generate_codes > 0:
+            codes, mask = self._generated(batch, without, codes, mask)
+        return {"audio_codes": codes, "audio_mask": mask}, None
+
+    def _generated(self, batch, rows, codes, mask):
+        """Codes generated from the T5 target (the thesis' route when audio is missing)."""
+        from runtime.reference import ReferencePipeline
+        from runtime.sampling import SamplingConfig
+
+        t5 = self.caches["t5"].tensors([batch[i]["id"] for i in rows])
+        frames = min(int(round(self.c.generate_codes * self.models.frame_rate)), codes.shape[2])
+        ref = ReferencePipeline(self.models, projector=lambda e: None)
+        import torch
+
+        out = ref.generate_codes(torch.from_numpy(t5["t5_hidden"]), torch.from_numpy(t5["t5_mask"]), frames,
+                                 SamplingConfig(seed=self.c.seed))
+        for row, i in enumerate(rows):
+            codes[i, :, :frames] = np.asarray(out[row])
+            mask[i, :frames] = 1
+        return codes, mask
+
+
+def load_audio(path: str, rate: int, samples: int) -> tuple[np.ndarray, int]:
+    """Mono float32 at ``rate``, cropped or zero-padded to ``samples``; also the real length."""
+    import soundfile
+
+    try:
+        audio, sr = soundfile.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as exc:
+        raise Img2MusicError(f"cannot read audio {path}: {exc}") from None
+    audio = audio.mean(axis=1)
+    if sr != rate:
+        from scipy.signal import resample_poly
+
+        g = np.gcd(sr, rate)
+        audio = resample_poly(audio, rate // g, sr // g).astype(np.float32)
+    n = min(len(audio), samples)
+    out = np.zeros(samples, np.float32)
+    out[:n] = audio[:n]
+    return out, n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BuildConfig(input="", out="")
+    p = argparse.ArgumentParser(prog="build_dataset.py", description="Phase I: build the Study II dataset.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", required=True, help="image folder, or CSV/JSONL manifest (image[,audio,text,emotion,genre])")
+    p.add_argument("--out", required=True, help="dataset directory; re-running the same command resumes")
+    p.add_argument("--preset", choices=PRESETS, default=None, help="random-weight MusicGen + CLIP instead of checkpoints")
+    p.add_argument("--musicgen", default=None, help="MusicGen hub id or directory (default facebook/musicgen-small)")
+    p.add_argument("--clip", default=None, help="CLIP hub id or directory (default openai/clip-vit-base-patch32)")
+    p.add_argument("--captioner", default=d.captioner, help="BLIP-2 hub id or directory, or 'tiny'")
+    p.add_argument("--llm", default=d.llm, help="instruction LLM hub id or directory, or 'tiny'")
+    p.add_argument("--prompt", choices=sorted(PROMPTS), default=d.prompt, help="LLM user prompt (ablation)")
+    p.add_argument("--no-llm", action="store_true", help="BLIP-only ablation: the caption is the directive")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="items per batch in every step")
+    p.add_argument("--t5-tokens", type=int, default=d.t5_tokens, help="T5 target length (padded/truncated)")
+    p.add_argument("--audio-seconds", type=float, default=d.audio_seconds, help="paired audio crop length")
+    p.add_argument("--generate-codes", type=float, default=d.generate_codes,
+                   help="seconds of codes generated from the target where no audio is paired (0 = none)")
+    p.add_argument("--seed", type=int, default=d.seed, help="split and generation seed")
+    p.add_argument("--device", default=d.device, help="torch device (cuda for the real models)")
+    p.add_argument("--limit-batches", type=int, default=None, help="stop after N new batches (to test resuming)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.batch_size < 1 or args.t5_tokens < 1 or args.audio_seconds <= 0 or args.generate_codes < 0:
+        raise Img2MusicError("--batch-size, --t5-tokens and --audio-seconds must be positive, --generate-codes >= 0")
+    config = BuildConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
+    builder = Builder(config)
+    try:
+        builder.build()
+    except (BatchLimit, KeyboardInterrupt):
+        print(f"stopped after {builder.batches_run} batches; run the same command again to resume", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
