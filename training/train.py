@@ -228,7 +228,7 @@ class Trainer:
                 self.scaler.step(self.opt)
                 self.scaler.update()
             for k, v in t.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + v.detach().item()
             count += 1
         return {k: v / max(count, 1) for k, v in sums.items()}
 
