@@ -128,7 +128,8 @@ class LiveEngine:
                 except Exception as exc:  # a bad frame must not stop the music
                     self.embed_errors += 1
                     log.warning("embedding a frame failed: %s", exc)
-            self.stop_event.wait(self.config.embed_interval)
+            # until the first scene, look often: the music waits for it
+            self.stop_event.wait(self.config.embed_interval if self.scene is not None else 0.02)
 
     def _embed(self, frame: np.ndarray, frame_time: float) -> None:
         pixels = preprocess_images([frame], self.pipeline.image_config)

@@ -30,11 +30,12 @@ log = logging.getLogger(__name__)
 class OnnxPipeline:
     """Sessions for every stage of a bundle, loaded once and reused across calls."""
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None,
+                 spinning: bool = True) -> None:
         self.bundle = bundle
         sessions = {}
         for name in GRAPHS:
-            session = create_session(bundle.graph_path(name), threads=threads, providers=providers)
+            session = create_session(bundle.graph_path(name), threads=threads, providers=providers, spinning=spinning)
             check_session(session, name, bundle.graph(name))
             sessions[name] = session
         self.sessions = sessions
@@ -54,11 +55,12 @@ class OnnxPipeline:
 
     @classmethod
     def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,
-             providers: list[str] | None = None) -> "OnnxPipeline":
+             providers: list[str] | None = None, spinning: bool = True) -> "OnnxPipeline":
         """``providers``: onnxruntime execution providers (default CPU). The KV cache lives in
         host memory, so other providers run but copy it per step: the GPU path proper is
-        the TensorRT backend."""
-        return cls(load_bundle(root, verify_hashes=verify_hashes), threads=threads, providers=providers)
+        the TensorRT backend. ``spinning=False`` when other threads need the cores (live)."""
+        return cls(load_bundle(root, verify_hashes=verify_hashes), threads=threads, providers=providers,
+                   spinning=spinning)
 
     @property
     def sample_rate(self) -> int:
