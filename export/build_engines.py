@@ -53,9 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None, help="CLIP hub id or local directory (default openai/clip-vit-base-patch32)")
     p.add_argument("--projector", default=None, metavar="CKPT",
                    help="trained projector checkpoint from training/train.py (default: the zero-shot prompt bank)")
-    p.add_argument("--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend")
-    p.add_argument("--precision", choices=("fp32", "int8", "int4"), default="fp32",
-                   help="fp32, or quantized: int8 / int4 decoder weights, both with an int8 KV cache")
+    p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="onnxruntime (CPU, any machine), or tensorrt: plans for this machine's GPU on top of the "
+                        "ONNX bundle (needs the 'tensorrt' extra and a GPU)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default=None,
+                   help="onnxruntime: fp32 (default), or int8 / int4 decoder weights with an int8 KV cache; "
+                        "tensorrt: fp16 (default), int8 or fp32")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="tensorrt: build plans that a newer TensorRT can run too (slower)")
     c = p.add_argument_group("calibration (int8 / int4)")
     c.add_argument("--calibration-images", default=None, metavar="DIR",
                    help="folder of representative images (default: skimage.data photographs + augmentations)")
@@ -216,6 +221,19 @@ def load_trained_projector(path: str, clip_dim: int, text_dim: int):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    trt_precision = None
+    if args.backend == "tensorrt":
+        trt_precision = args.precision or "fp16"
+        if trt_precision not in ("fp16", "int8", "fp32"):
+            raise Img2MusicError(f"--backend tensorrt builds fp16, int8 or fp32 plans, not {trt_precision}")
+        from runtime.tensorrt_plan import current_facts
+
+        facts = current_facts()  # fails here, in a second, on a machine without TensorRT or a GPU
+        print(f"TensorRT {facts.tensorrt_version} on {facts.gpu_name} (compute {facts.compute_capability})")
+        args.precision = "fp32"  # the ONNX bundle underneath; the plans get trt_precision
+    elif args.precision == "fp16":
+        raise Img2MusicError("fp16 is a TensorRT precision; the onnxruntime backend builds fp32, int8 or int4")
+    args.precision = args.precision or "fp32"
     out = Path(args.out)
     if args.preset and (args.musicgen or args.clip):
         raise Img2MusicError("give either --preset or --musicgen/--clip, not both")
@@ -247,6 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = build_bundle(partial, models, seed=args.seed, quantization=quantization,
                                 projector_checkpoint=args.projector)
+        if trt_precision is not None:
+            from export.tensorrt_engines import build_tensorrt_plans
+
+            manifest["tensorrt"] = build_tensorrt_plans(partial, models, trt_precision,
+                                                        version_compatible=args.version_compatible)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
