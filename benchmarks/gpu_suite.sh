@@ -27,3 +27,9 @@ $PY export/build_engines.py --preset small-random --out engines/small-random --f
 $PY benchmarks/run.py --bundle engines/small-random --provider CUDAExecutionProvider \
     --provider CPUExecutionProvider --baseline none --threads "$(nproc)" --rtf-seconds 10 \
     --out "$OUT"
+# TensorRT (never run yet): plans on top of the ONNX bundle, then the marked tests
+# (CUDA-graph replay vs enqueue, greedy tokens vs ORT) and parity against ONNX Runtime.
+WHEELS=(); if [ -d wheelhouse ]; then WHEELS=(--no-index --find-links wheelhouse); fi
+.venv-gpu/bin/pip install -q "${WHEELS[@]}" -e ".[tensorrt]"
+$PY export/build_engines.py --preset small-random --backend tensorrt --precision fp16 --out engines/small-trt --force
+$PY -m pytest -q -m "tensorrt or gpu" tests/runtime/test_tensorrt.py -rs

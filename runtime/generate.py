@@ -26,21 +26,12 @@ if __package__ in (None, ""):  # run as `python runtime/generate.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from export.presets import PRESETS  # plain data: imports neither torch nor transformers
+from runtime.cli_types import positive_float
 from runtime.audio_files import prepare_output_dir, wav_names, write_wav
 from runtime.errors import Img2MusicError, run_cli, setup_logging
 from runtime.preprocess import check_images
 from runtime.sampling import SamplingConfig
 
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,34 +28,13 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python runtime/live.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from runtime.cli_types import non_negative, positive
 from runtime.errors import Img2MusicError, run_cli, setup_logging
 from runtime.live_engine import LiveConfig
 from runtime.sampling import SamplingConfig
 from runtime.scene import SceneConfig
 
 log = logging.getLogger("live")
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0 or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,48 +46,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="camera index, /dev/video* path, RTSP/HTTP URL or GStreamer pipeline (contains '!')")
     src.add_argument("--video", default=None, metavar="FILE", help="video file, played at its frame rate, looped")
     src.add_argument("--images", default=None, metavar="DIR", help="folder of images shown as a slideshow")
-    src.add_argument("--interval", type=_positive(float), default=10.0, help="slideshow seconds per image")
+    src.add_argument("--interval", type=positive(float), default=10.0, help="slideshow seconds per image")
     src.add_argument("--synthetic", action="store_true", help="generated scenes (no camera needed)")
-    src.add_argument("--scene-seconds", type=_positive(float), default=6.0, help="synthetic: seconds per scene")
-    src.add_argument("--stale-after", type=_positive(float), default=d.stale_after,
+    src.add_argument("--scene-seconds", type=positive(float), default=6.0, help="synthetic: seconds per scene")
+    src.add_argument("--stale-after", type=positive(float), default=d.stale_after,
                      help="seconds without a good frame before the source is reopened")
     p.add_argument("--engines", required=True, metavar="DIR", help="engine bundle from export/build_engines.py")
-    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for onnxruntime (default: all)")
+    p.add_argument("--threads", type=positive(int), default=None, help="CPU threads for onnxruntime (default: all)")
     out = p.add_argument_group("output")
     out.add_argument("--device", default=None, help="sound output device (index or name; default: system default)")
-    out.add_argument("--rate", type=_positive(int), default=None,
+    out.add_argument("--rate", type=positive(int), default=None,
                      help="output sample rate (default: the device's own rate; model rate with --no-audio)")
     out.add_argument("--no-audio", action="store_true", help="no sound card (headless); audio is paced by a clock")
     out.add_argument("--record", default=None, metavar="WAV", help="also record the output to this WAV file")
-    out.add_argument("--duration", type=_positive(float), default=None,
+    out.add_argument("--duration", type=positive(float), default=None,
                      help="stop after this many seconds of music (default: run until stopped)")
     out.add_argument("--metrics", default=None, metavar="JSONL", help="append one JSON line of metrics per second")
     g = p.add_argument_group("sampling")
     g.add_argument("--guidance-scale", type=float, default=s.guidance_scale, help="classifier-free guidance scale")
-    g.add_argument("--temperature", type=_positive(float), default=s.temperature, help="sampling temperature")
+    g.add_argument("--temperature", type=positive(float), default=s.temperature, help="sampling temperature")
     g.add_argument("--top-k", type=int, default=s.top_k, help="keep the k most likely tokens (0 = all)")
     g.add_argument("--top-p", type=float, default=s.top_p, help="nucleus sampling mass (0 = off)")
     g.add_argument("--seed", type=int, default=s.seed, help="sampling seed (also the synthetic scenes' seed)")
     lv = p.add_argument_group("live behaviour")
-    lv.add_argument("--chunk-frames", type=_positive(int), default=d.chunk_frames,
+    lv.add_argument("--chunk-frames", type=positive(int), default=d.chunk_frames,
                     help="code frames generated per chunk (50 = 1 s)")
-    lv.add_argument("--buffer", type=_positive(float), default=d.buffer_seconds,
+    lv.add_argument("--buffer", type=positive(float), default=d.buffer_seconds,
                     help="seconds of audio kept ahead of the sound card (the buffer target)")
-    lv.add_argument("--scene-threshold", type=_positive(float), default=sc.threshold,
+    lv.add_argument("--scene-threshold", type=positive(float), default=sc.threshold,
                     help="CLIP cosine distance that counts as a new scene")
-    lv.add_argument("--scene-confirm", type=_positive(int), default=sc.confirm,
+    lv.add_argument("--scene-confirm", type=positive(int), default=sc.confirm,
                     help="consecutive different embeddings needed for a scene change")
-    lv.add_argument("--min-dwell", type=_non_negative, default=sc.min_dwell,
+    lv.add_argument("--min-dwell", type=non_negative, default=sc.min_dwell,
                     help="seconds after a scene change before another may happen")
-    lv.add_argument("--embed-interval", type=_positive(float), default=d.embed_interval,
+    lv.add_argument("--embed-interval", type=positive(float), default=d.embed_interval,
                     help="seconds between CLIP embeddings of the newest frame")
-    lv.add_argument("--transition", type=_non_negative, default=d.transition_seconds,
+    lv.add_argument("--transition", type=non_negative, default=d.transition_seconds,
                     help="seconds over which the music moves to a new scene (0 = at once)")
     lv.add_argument("--transition-mode", choices=("blend", "reprime"), default=d.transition_mode,
                     help="blend: interpolate conditioning keeping the KV cache; reprime: re-prime each step")
-    lv.add_argument("--window-seconds", type=_positive(float), default=d.window_seconds,
+    lv.add_argument("--window-seconds", type=positive(float), default=d.window_seconds,
                     help="generation window before re-priming (capped by the model's positions)")
-    lv.add_argument("--keep-seconds", type=_positive(float), default=d.keep_seconds,
+    lv.add_argument("--keep-seconds", type=positive(float), default=d.keep_seconds,
                     help="music carried into the next window as its prompt")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
