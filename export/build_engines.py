@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                    help="onnxruntime (CPU, any machine), or tensorrt: plans for this machine's GPU on top of the "
                         "ONNX bundle (needs the 'tensorrt' extra and a GPU)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default=None,
-                   help="onnxruntime: fp32 (default), or int8 / int4 decoder weights with an int8 KV cache; "
-                        "tensorrt: fp16 (default), int8 or fp32")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8", "int4"), default="auto",
+                   help="onnxruntime: fp32 (auto), or int8 / int4 decoder weights with an int8 KV cache; "
+                        "tensorrt: fp16 (auto), int8 or fp32")
     p.add_argument("--version-compatible", action="store_true",
                    help="tensorrt: build plans that a newer TensorRT can run too (slower)")
     c = p.add_argument_group("calibration (int8 / int4)")
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     trt_precision = None
     if args.backend == "tensorrt":
-        trt_precision = args.precision or "fp16"
+        trt_precision = "fp16" if args.precision == "auto" else args.precision
         if trt_precision not in ("fp16", "int8", "fp32"):
             raise Img2MusicError(f"--backend tensorrt builds fp16, int8 or fp32 plans, not {trt_precision}")
         from runtime.tensorrt_plan import current_facts
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.precision = "fp32"  # the ONNX bundle underneath; the plans get trt_precision
     elif args.precision == "fp16":
         raise Img2MusicError("fp16 is a TensorRT precision; the onnxruntime backend builds fp32, int8 or int4")
-    args.precision = args.precision or "fp32"
+    args.precision = "fp32" if args.precision == "auto" else args.precision
     out = Path(args.out)
     if args.preset and (args.musicgen or args.clip):
         raise Img2MusicError("give either --preset or --musicgen/--clip, not both")

@@ -156,7 +156,11 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
         engine_hook(engine)
     sink = ClockSink(ring, out_rate) if no_audio else SoundDeviceSink(ring, out_rate, device)
     reporter = StatusReporter(engine, sink, metrics)
-    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
+    previous = None
+    if _main_thread():
+        # SIGTERM (systemd stop) ends the run like Ctrl-C; SIGINT is installed explicitly
+        # since a shell that starts us in the background leaves it ignored
+        previous = (signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, signal.default_int_handler))
     stopped = "finished"
     try:
         playout.start()
@@ -175,7 +179,8 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
         if recorder is not None:
             recorder.close()
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
     text = (f"{stopped}: {last['music_s']:.2f} s of music, {last['scene_changes']} scene changes, "
             f"{last['underflows']} underflows, {last['reconnects']} source reconnects, "
             f"degrade shorter/repeat/silence {last['degrade_shorter']}/{last['degrade_repeats']}/"
