@@ -62,7 +62,7 @@ def evaluate_model(model, data: str, split: str, num_tokens: int) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| run | projector | N | losses | test cosine ↑ | test MAE ↓ | epochs |",
+    lines = ["| run | projector | N | losses | cosine ↑ | MAE ↓ | best epoch |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {r['projector']} | {r['num_tokens']} | {r['losses']} | {r['cosine']:.4f} | "
