@@ -50,15 +50,16 @@ class SwitchingSource(SyntheticSource):
         return frame
 
 
-def latency(engines: str, switches: int, switch_every: float, threads: int, threshold: float) -> dict:
+def latency(engines: str, switches: int, switch_every: float, threads: int, threshold: float,
+            buffer: float = 1.0, embed_interval: float = 0.5) -> dict:
     from runtime.live import run_live
     from runtime.live_engine import LiveConfig
     from runtime.scene import SceneConfig
 
     holder = {}
     source = SwitchingSource(switch_every)
-    config = LiveConfig(duration=switch_every * (switches + 1) + 2.0,
-                        scene=SceneConfig(threshold=threshold, min_dwell=1.0))
+    config = LiveConfig(duration=switch_every * (switches + 1) + 2.0, buffer_seconds=buffer,
+                        embed_interval=embed_interval, scene=SceneConfig(threshold=threshold, min_dwell=1.0))
     summary = run_live(engines, source, config, threads=threads, engine_hook=lambda e: holder.update(e=e))
     engine = holder["e"]
     resolved = [t0 + s for label, s, t0 in engine.playout.counts.latencies if label == "scene"]
@@ -68,7 +69,7 @@ def latency(engines: str, switches: int, switch_every: float, threads: int, thre
         if after:
             lat.append(min(after) - switch)
     blend_ms, reprime_ms = transition_costs(engine)
-    return {"engines": engines, "switches": len(source.switch_times), "detected": len(lat),
+    return {"engines": engines, "buffer_s": buffer, "embed_interval_s": embed_interval, "switches": len(source.switch_times), "detected": len(lat),
             "latency_s": [round(x, 3) for x in lat],
             "latency_median_s": round(statistics.median(lat), 3) if lat else None,
             "rtf": round(engine.rtf, 3), "underflows": engine.playout.ring.underflows,
@@ -127,6 +128,8 @@ def main(argv=None) -> int:
     lat.add_argument("--switch-every", type=float, default=8.0, help="seconds between switches")
     lat.add_argument("--scene-threshold", type=float, default=0.02,
                      help="cosine distance for a change (random-weight CLIPs see synthetic scenes 0.05-0.4 apart)")
+    lat.add_argument("--buffer", type=float, default=1.0, help="live buffer target in seconds")
+    lat.add_argument("--embed-interval", type=float, default=0.5, help="seconds between CLIP embeddings")
     soak_p = sub.add_parser("soak", help="RSS over a long synthetic run",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     soak_p.add_argument("--engines", required=True, help="bundle directory")
@@ -137,10 +140,10 @@ def main(argv=None) -> int:
         sp.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.mode == "latency":
-        results = [latency(e, args.switches, args.switch_every, args.threads, args.scene_threshold)
-                   for e in args.engines]
+        results = [latency(e, args.switches, args.switch_every, args.threads, args.scene_threshold, args.buffer,
+                           args.embed_interval) for e in args.engines]
         for r in results:
-            print(f"{r['engines']}: scene change -> first changed sample out: median {r['latency_median_s']} s "
+            print(f"{r['engines']} (buffer {r['buffer_s']} s, embed every {r['embed_interval_s']} s): scene change -> first changed sample out: median {r['latency_median_s']} s "
                   f"over {r['detected']}/{r['switches']} switches {r['latency_s']}; RTF {r['rtf']}, "
                   f"underflows {r['underflows']}, repeats {r['degrade_repeats']}; transition step: "
                   f"blend {r['blend_step_ms']} ms vs re-prime of {r['keep_frames']} frames {r['reprime_step_ms']} ms")
