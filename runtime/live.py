@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="consecutive different embeddings needed for a scene change")
     lv.add_argument("--min-dwell", type=non_negative, default=sc.min_dwell,
                     help="seconds after a scene change before another may happen")
+    lv.add_argument("--pixel-gate", type=non_negative, default=sc.pixel_gate,
+                    help="skip CLIP when a 32x32 grey thumbnail moved less than this (mean 0-255; 0 = always embed)")
     lv.add_argument("--embed-interval", type=positive(float), default=d.embed_interval,
                     help="seconds between CLIP embeddings of the newest frame")
     lv.add_argument("--transition", type=non_negative, default=d.transition_seconds,
@@ -121,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         transition_mode=args.transition_mode, embed_interval=args.embed_interval,
         window_seconds=args.window_seconds, keep_seconds=args.keep_seconds, duration=args.duration,
         stale_after=args.stale_after,
-        scene=SceneConfig(threshold=args.scene_threshold, confirm=args.scene_confirm, min_dwell=args.min_dwell),
+        scene=SceneConfig(threshold=args.scene_threshold, confirm=args.scene_confirm, min_dwell=args.min_dwell,
+                          pixel_gate=args.pixel_gate),
         sampling=SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed),
     )

@@ -32,7 +32,7 @@ from runtime.live_sources import FrameSource, SourceThread
 from runtime.playout import Playout
 from runtime.preprocess import preprocess_images
 from runtime.sampling import SamplingConfig
-from runtime.scene import SceneConfig, SceneTracker
+from runtime.scene import FrameGate, SceneConfig, SceneTracker
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class LiveEngine:
         self.pipeline, self.config, self.playout = pipeline, config, playout
         self.source = SourceThread(source, stale_after=config.stale_after)
         self.tracker = SceneTracker(config.scene)
+        self.gate = FrameGate(config.scene)
         rate, k = pipeline.frame_rate, pipeline.num_codebooks
         max_frames = pipeline.decoder.shape.max_length - k
         window = max(8, min(int(config.window_seconds * rate), max_frames))
@@ -124,7 +125,8 @@ class LiveEngine:
             if frame is not None and frame_id != last_id:
                 last_id = frame_id
                 try:
-                    self._embed(frame, time.monotonic() - age)
+                    if self.gate(frame, time.monotonic(), must=bool(self.tracker.candidates)):
+                        self._embed(frame, time.monotonic() - age)
                 except Exception as exc:  # a bad frame must not stop the music
                     self.embed_errors += 1
                     log.warning("embedding a frame failed: %s", exc)

@@ -46,6 +46,8 @@ def snapshot(engine, sink, started: float) -> dict:
         "reconnects": src.stats.reconnects,
         "scene_changes": engine.tracker.changes,
         "scene_distance": round(engine.tracker.last_distance, 4),
+        "embeds": engine.gate.passed,
+        "embeds_skipped": engine.gate.skipped,
         "directive": scene.directive if scene is not None else None,
         "reprimes": engine.endless.reprimes,
         "degrade_level": p.level,

@@ -12,6 +12,10 @@ when
    cannot make the music thrash.
 
 The new scene's embedding is the mean of the confirming embeddings.
+
+Before CLIP, :class:`FrameGate` compares a 32x32 grey thumbnail with the one of the last
+embedded frame: a still room (sensor noise averages out in the thumbnail) costs no CLIP
+run at all, which on two cores is the difference between keeping up and falling behind.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class SceneConfig:
     """Confirming embeddings must be within ``stable_fraction * threshold`` of each other."""
     min_dwell: float = 4.0
     """Seconds after a change during which no new change is declared."""
+    pixel_gate: float = 2.0
+    """Mean absolute thumbnail difference (0-255) below which a frame is not embedded."""
+    max_skip: float = 5.0
+    """Embed at least this often even when the thumbnails say nothing changed."""
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -81,3 +89,35 @@ class SceneTracker:
         self.last_change = now
         self.changes += 1
         return self.current
+
+
+class FrameGate:
+    """Decides whether a frame is worth a CLIP run (see the module docstring)."""
+
+    SIZE = 32
+
+    def __init__(self, config: SceneConfig | None = None) -> None:
+        self.config = config or SceneConfig()
+        self.last: np.ndarray | None = None
+        self.last_time = float("-inf")
+        self.passed = 0
+        self.skipped = 0
+
+    @classmethod
+    def thumbnail(cls, frame: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        grey = Image.fromarray(frame).convert("L").resize((cls.SIZE, cls.SIZE), Image.Resampling.BOX)
+        return np.asarray(grey, dtype=np.float32)
+
+    def __call__(self, frame: np.ndarray, now: float, must: bool = False) -> bool:
+        """True when ``frame`` should be embedded; ``must`` (a change being confirmed) forces it."""
+        thumb = self.thumbnail(frame)
+        c = self.config
+        if (must or self.last is None or now - self.last_time >= c.max_skip
+                or c.pixel_gate <= 0 or float(np.abs(thumb - self.last).mean()) > c.pixel_gate):
+            self.last, self.last_time = thumb, now
+            self.passed += 1
+            return True
+        self.skipped += 1
+        return False

@@ -153,3 +153,22 @@ def test_make_source_refuses_bad_choices(bad):
 
     with pytest.raises(Img2MusicError):
         make_source(**bad)
+
+
+def test_frame_gate_skips_still_frames_only(photos):
+    from runtime.scene import FrameGate
+
+    rng = np.random.default_rng(0)
+    room = np.asarray(photos["coffee"].convert("RGB")).astype(np.float32)
+    noisy = lambda: np.clip(room + rng.normal(0, 4, room.shape), 0, 255).astype(np.uint8)  # noqa: E731
+    gate = FrameGate(SceneConfig(pixel_gate=2.0, max_skip=5.0))
+    assert gate(noisy(), 0.0)  # the first frame
+    assert not any(gate(noisy(), 0.1 * i) for i in range(1, 20))  # sensor noise: no CLIP runs
+    assert gate(np.asarray(photos["rocket"].convert("RGB").resize(photos["coffee"].size)), 2.1)  # a new view
+    assert gate(noisy(), 2.2)  # and back
+    assert gate(noisy(), 2.3, must=True)  # a change being confirmed is always embedded
+    assert gate(noisy(), 7.4)  # at least every max_skip seconds
+    assert gate.skipped == 19 and gate.passed == 5
+    always = FrameGate(SceneConfig(pixel_gate=0.0))
+    frame = noisy()
+    assert always(frame, 0.0) and always(frame, 0.1)
