@@ -221,7 +221,7 @@ class LiveEngine:
                     self._advance_transition()
                 self._generate(self._chunk(), total)
             if total is not None and self.music_samples >= total:
-                self._finish(total)
+                self._finish()  # exactly S seconds: the stream is cut there, not ended
         finally:
             self.stop_event.set()
             self.source.stop()
@@ -245,12 +245,9 @@ class LiveEngine:
         self.music_samples += len(audio)
         self.playout.submit(self.resampler(audio, last=last))
 
-    def _finish(self, total: int) -> None:
-        """Duration reached: the held-back tail, then let the sound card play it all."""
-        if self.music_samples < total:
-            self._submit(self.stream.flush()[0], total, last=True)
-        else:
-            self.playout.submit(self.resampler(np.zeros(0, dtype=np.float32), last=True))
+    def _finish(self) -> None:
+        """Duration reached: the resampler's tail, then let the sink play everything out."""
+        self.playout.submit(self.resampler(np.zeros(0, dtype=np.float32), last=True))
         self.playout.finish()
         deadline = time.monotonic() + self.playout.buffered() + 5
         while not self.playout.drained() and time.monotonic() < deadline:
