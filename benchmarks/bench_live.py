@@ -30,8 +30,6 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import numpy as np
-
 from benchmarks.machine import machine_record
 from runtime.live_sources import SyntheticSource
 

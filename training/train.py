@@ -214,7 +214,6 @@ class Trainer:
             yield {k: v[idx].to(self.device) for k, v in data.items()}
 
     def run_epoch(self) -> dict:
-        torch = self.torch
         self.model.train()
         sums: dict[str, float] = {}
         count = 0

@@ -2,12 +2,10 @@
 a slowed generator, Ctrl-C / SIGTERM, and a real sound card where PortAudio has one."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
