@@ -49,7 +49,7 @@ class SwitchingSource(SyntheticSource):
 
 
 def latency(engines: str, switches: int, switch_every: float, threads: int, threshold: float,
-            buffer: float = 1.0, embed_interval: float = 0.5) -> dict:
+            buffer: float = 1.0, embed_interval: float = 0.25) -> dict:
     from runtime.live import run_live
     from runtime.live_engine import LiveConfig
     from runtime.scene import SceneConfig
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     lat.add_argument("--scene-threshold", type=float, default=0.02,
                      help="cosine distance for a change (random-weight CLIPs see synthetic scenes 0.05-0.4 apart)")
     lat.add_argument("--buffer", type=float, default=1.0, help="live buffer target in seconds")
-    lat.add_argument("--embed-interval", type=float, default=0.5, help="seconds between CLIP embeddings")
+    lat.add_argument("--embed-interval", type=float, default=0.25, help="seconds between looks at the newest frame")
     soak_p = sub.add_parser("soak", help="RSS over a long synthetic run",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     soak_p.add_argument("--engines", required=True, help="bundle directory")

@@ -49,8 +49,9 @@ class LiveConfig:
     """Length of the conditioning blend after a scene change (0 = immediate swap)."""
     transition_mode: str = "blend"
     """'blend' (interpolate conditioning, keep the cache) or 'reprime' (re-prime per chunk)."""
-    embed_interval: float = 0.5
-    """Seconds between CLIP embeddings of the newest frame (bounds CLIP's CPU share)."""
+    embed_interval: float = 0.25
+    """Seconds between looks at the newest frame; CLIP runs only when its thumbnail moved
+    (scene.FrameGate), so a short interval costs little while the picture stands still."""
     window_seconds: float = 30.0
     """Length of one generation window (MusicGen's trained length); capped by the bundle."""
     keep_seconds: float = 5.0
