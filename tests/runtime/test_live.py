@@ -214,12 +214,17 @@ def test_help_states_defaults():
     assert r.stdout.count("(default:") >= 20
 
 
-def _portaudio_output():
-    """A PortAudio output device, starting a PulseAudio null sink when none is there."""
-    if shutil.which("pulseaudio") and subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
+@pytest.fixture()
+def portaudio_output():
+    """None when PortAudio has an output device (a PulseAudio null sink is started, and
+    stopped afterwards, when pulseaudio is installed but not running), else the reason."""
+    started = False
+    if shutil.which("pulseaudio") and shutil.which("pactl") and \
+            subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
         subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n",
                         "--load=module-null-sink sink_name=img2music_test", "--load=module-native-protocol-unix"],
                        capture_output=True)
+        started = True
         time.sleep(1)
     try:
         import sounddevice as sd
@@ -227,13 +232,16 @@ def _portaudio_output():
         sd._terminate()  # re-scan devices: the server may have just started
         sd._initialize()
         sd.query_devices(None, "output")
+        reason = None
     except Exception as exc:
-        return str(exc) or type(exc).__name__
-    return None
+        reason = str(exc) or type(exc).__name__
+    yield reason
+    if started:
+        subprocess.run(["pulseaudio", "--kill"], capture_output=True)
 
 
-def test_sound_card_sink(tiny_bundle, tmp_path):
-    reason = _portaudio_output()
+def test_sound_card_sink(tiny_bundle, tmp_path, portaudio_output):
+    reason = portaudio_output
     if reason is not None:
         pytest.skip(f"no PortAudio output device here ({reason}); install libportaudio2 + pulseaudio to run it")
     from runtime.audio_sink import device_rate
