@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.graph_specs import GraphSpec, TensorSpec
+from export.graph_specs import GraphSpec, TensorSpec, cross_attention_inputs
 from export.onnx_graph import FLOAT, INT64, GraphBuilder, layer_norm, linear_weight
 
 NEG = float(np.finfo(np.float32).min)
@@ -35,9 +35,7 @@ def decoder_step_plain_spec(num_codebooks: int, vocab: int, num_layers: int, num
               TensorSpec("position", "int64", (1,)),
               TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len"))]
     outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
-    for i in range(num_layers):
-        inputs.append(TensorSpec(f"cross_key.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
-        inputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
+    inputs += cross_attention_inputs(num_layers, num_heads, head_dim)
     for i in range(num_layers):
         for kind in ("key", "value"):
             inputs.append(TensorSpec(f"past_{kind}.{i}", "float32", ("batch", num_heads, max_length, head_dim)))

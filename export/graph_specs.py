@@ -96,6 +96,15 @@ def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int)
     )
 
 
+def cross_attention_inputs(num_layers: int, num_heads: int, head_dim: int) -> list[TensorSpec]:
+    """cross_key.{i} / cross_value.{i} (from cross_kv.onnx), as every decoder graph takes them."""
+    inputs = []
+    for i in range(num_layers):
+        inputs.append(TensorSpec(f"cross_key.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
+        inputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
+    return inputs
+
+
 def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int,
                       kv_cache_dtype: str = "float32") -> GraphSpec:
     """The step graph; with ``kv_cache_dtype="int8"`` the cache is int8 and per-channel
@@ -107,9 +116,7 @@ def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads
         TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len")),
     ]
     outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
-    for i in range(num_layers):
-        inputs.append(TensorSpec(f"cross_key.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
-        inputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
+    inputs += cross_attention_inputs(num_layers, num_heads, head_dim)
     for i in range(num_layers):
         for kind in ("key", "value"):
             inputs.append(TensorSpec(f"past_{kind}.{i}", kv_cache_dtype, ("batch", num_heads, "cache_len", head_dim)))
