@@ -138,9 +138,8 @@ class SoundDeviceSink:
         self.channels = 1
         self._scratch = np.zeros(max(blocksize, 16384), dtype=np.float32)
         self._last_callback = time.monotonic()
-        self.callbacks = 0
         self.reopens = 0
-        self.status_flags = 0
+        self.status_flags = 0  # callbacks where PortAudio reported a device under/overflow
         self.stream = None
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="sound-watchdog", daemon=True)
@@ -153,7 +152,6 @@ class SoundDeviceSink:
         self.ring.read_into(mono)
         outdata[:] = mono[:, None]
         self._last_callback = time.monotonic()
-        self.callbacks += 1
 
     def _open(self) -> None:
         info = self.sd.query_devices(self.device, "output")

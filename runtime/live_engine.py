@@ -114,7 +114,6 @@ class LiveEngine:
         self.frames_done = 0
         self.music_samples = 0  # fresh samples submitted at the model rate
         self.embed_errors = 0
-        self.gen_seconds = 0.0
         self.rtf = 0.0
         self._step_seconds = 0.0
 
@@ -233,18 +232,17 @@ class LiveEngine:
         codes = self.endless.next_frames(frames, self.config.sampling)  # (1, K, frames)
         audio = self.stream.push(codes)[0]
         self.frames_done += frames
-        self._submit(audio, total, last=False)
+        self._submit(audio, total)
         took = time.perf_counter() - start
-        self.gen_seconds += took
         self._step_seconds = took / frames
-        self.rtf = 0.8 * self.rtf + 0.2 * (took * self.pipeline.frame_rate / frames) if self.rtf else \
-            took * self.pipeline.frame_rate / frames
+        rtf = self._step_seconds * self.pipeline.frame_rate
+        self.rtf = 0.8 * self.rtf + 0.2 * rtf if self.rtf else rtf  # moving average for the status line
 
-    def _submit(self, audio: np.ndarray, total: int | None, last: bool) -> None:
+    def _submit(self, audio: np.ndarray, total: int | None) -> None:
         if total is not None:
             audio = audio[: max(0, total - self.music_samples)]
         self.music_samples += len(audio)
-        self.playout.submit(self.resampler(audio, last=last))
+        self.playout.submit(self.resampler(audio))
 
     def _finish(self) -> None:
         """Duration reached: the resampler's tail, then let the sink play everything out."""

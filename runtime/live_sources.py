@@ -187,17 +187,20 @@ class ImageFolderSource:
         self.name = f"images {root}"
         self.interval = interval
         self.start = time.monotonic()
+        self._shown: tuple[int, np.ndarray] | None = None  # decoded once per slide, not per frame
 
     def open(self):
         return self
 
     def read(self):
+        from runtime.preprocess import load_image
+
         time.sleep(0.04)  # a camera-like frame rate; the content changes every interval
         index = int((time.monotonic() - self.start) / self.interval) % len(self.paths)
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as image:  # a corrupt file raises: counted and dropped
-            return np.asarray(image.convert("RGB"))
+        if self._shown is None or self._shown[0] != index:
+            # a corrupt file raises (every time it comes up): counted and dropped
+            self._shown = (index, np.asarray(load_image(self.paths[index])))
+        return self._shown[1]
 
     def release(self) -> None:
         pass

@@ -57,6 +57,7 @@ def snapshot(engine, sink, started: float) -> dict:
         "recoveries": p.counts.recoveries,
         "scene_latency_s": [round(s, 3) for label, s, _ in p.counts.latencies if label == "scene"][-5:],
         "sink_reopens": getattr(sink, "reopens", 0),
+        "sink_status_flags": getattr(sink, "status_flags", 0),
         "rss_mb": round(rss_mb(), 1),
     }
 

@@ -65,7 +65,6 @@ class Playout:
         self.max_repeats = max_repeats
         self.counts = DegradeCounts()
         self.level = 0
-        self.fresh_in = 0  # fresh samples submitted
         self.fresh_out = 0  # fresh samples moved toward the ring (held tail included)
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._queued = 0
@@ -88,7 +87,6 @@ class Playout:
             with self._lock:
                 self._queue.append(audio)
                 self._queued += len(audio)
-                self.fresh_in += len(audio)
 
     def mark(self, fresh_sample: int, label: str, start_time: float) -> None:
         """Report when fresh sample ``fresh_sample`` leaves the ring, timed from ``start_time``."""

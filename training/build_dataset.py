@@ -105,7 +105,8 @@ class Builder:
         from training.dataset_store import StepCache
 
         cache = StepCache(self.root, name)
-        todo = [it for it in items if it["id"] not in cache.done()]
+        done = cache.done()
+        todo = [it for it in items if it["id"] not in done]
         self.report(f"{name}: {len(items)} items, {len(items) - len(todo)} cached, {len(todo)} to do")
         bs = self.c.batch_size
         for start in tqdm(range(0, len(todo), bs), desc=name, unit="batch", disable=not todo, leave=False):
@@ -247,10 +248,9 @@ def load_audio(path: str, rate: int, samples: int) -> tuple[np.ndarray, int]:
         raise Img2MusicError(f"cannot read audio {path}: {exc}") from None
     audio = audio.mean(axis=1)
     if sr != rate:
-        from scipy.signal import resample_poly
+        from runtime.audio_sink import Resampler
 
-        g = np.gcd(sr, rate)
-        audio = resample_poly(audio, rate // g, sr // g).astype(np.float32)
+        audio = Resampler(sr, rate)(audio, last=True)
     n = min(len(audio), samples)
     out = np.zeros(samples, np.float32)
     out[:n] = audio[:n]
