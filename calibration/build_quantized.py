@@ -17,7 +17,7 @@ import numpy as np
 
 from calibration.accuracy import THRESHOLDS, check, clip_cosine, greedy_agreement, teacher_forced, write_report
 from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
-from calibration.quantize import BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
+from calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
 from calibration.representative_data import representative_images
 from runtime.bundle import sha256_file
 from runtime.decoder_session import DecoderSession, DecoderShape
@@ -82,7 +82,8 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
 
     decoder_model = quantize_weights(decoder_model, bits, keep_8bit=[LM_HEADS_NODE] if bits < 8 else None)
     decoder_model = int8_kv_cache(decoder_model, shape.num_heads, shape.head_dim)
-    clip_model = quantize_weights(onnx.load(str(root / "clip_vision.onnx"), load_external_data=True), 8)
+    clip_model = quantize_weights(onnx.load(str(root / "clip_vision.onnx"), load_external_data=True), 8,
+                                  block_size=CLIP_BLOCK_SIZE)
     tmp = root / "quantized"
     tmp.mkdir()
     from export.onnx_graph import save_model
@@ -105,7 +106,8 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
     data = {
         "precision": options.precision,
         "weights": f"decoder_step MatMulNBits {bits}-bit (block {block}, symmetric"
-                   + (", output heads 8-bit" if bits < 8 else "") + "), clip_vision 8-bit",
+                   + (", searched scales, output heads 8-bit" if bits < 8 else "")
+                   + f"), clip_vision 8-bit (block {CLIP_BLOCK_SIZE})",
         "kv_cache": "int8, per-channel scales from calibration",
         "data": f"{len(keep)} conditionings from {len(images)} images, {options.report_steps} steps, "
                 f"seed {options.kv.seed}",
@@ -137,8 +139,9 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
         "precision": options.precision,
         "quantization": {
             "method": "onnxruntime MatMulNBits (symmetric, accuracy_level 4)",
-            "graphs": {"decoder_step": {"bits": bits, "block_size": block, "output_heads_bits": 8},
-                       "clip_vision": {"bits": 8, "block_size": 128}},
+            "graphs": {"decoder_step": {"bits": bits, "block_size": block, "output_heads_bits": 8,
+                                        "scales": "per-block search" if bits < 8 else "absmax"},
+                       "clip_vision": {"bits": 8, "block_size": CLIP_BLOCK_SIZE}},
         },
         "kv_cache": {"dtype": "int8", "granularity": "per-channel (layer, k/v, head, dim)",
                      "scales_file": KV_SCALES_FILE},

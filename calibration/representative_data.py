@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageEnhance
 
 from runtime.errors import Img2MusicError

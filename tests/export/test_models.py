@@ -1,6 +1,5 @@
 """Presets, checkpoint loading and parameter counts."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """Exported graphs vs the transformers modules, and the bundle manifest (tiny preset)."""
 
-import json
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """The runtime refuses corrupt or mismatched bundles with one clear error."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
