@@ -12,7 +12,10 @@ Metrics (guidance on, as the runtime runs):
 
 Thresholds (``THRESHOLDS``) fail the build. They are set from what 8- and 4-bit
 weights measurably keep on random-weight models; random weights say nothing about
-how a trained model will sound, so listen before shipping.
+how a trained model will sound, so listen before shipping. The runtime samples
+(top-k 250), so the KL of the next-token distribution is what decides what is heard;
+top-1 agreement matters to greedy decoding only, and on the nearly flat logits of
+random weights it swings by +-0.05 between calibration sets.
 """
 
 from __future__ import annotations
@@ -33,16 +36,20 @@ class Thresholds:
 
     teacher_forced_agreement: float
     """Mean over codebooks of teacher-forced top-1 agreement."""
+    kl_max: float
+    """Largest mean KL(fp32 || quantized) of the guided next-token distributions."""
     clip_cosine: float
     """Mean cosine between fp32 and quantized CLIP image embeddings."""
 
 
 THRESHOLDS = {
-    "int8": Thresholds(teacher_forced_agreement=0.90, clip_cosine=0.99),
-    # 4-bit weights keep 0.62-0.68 on small-random (random logits are nearly flat, so
-    # top-1 flips easily; KL stays ~0.04). The gate catches broken quantization (wrong
-    # scales or blocks fall towards chance, 1/2048), it does not promise quality.
-    "int4": Thresholds(teacher_forced_agreement=0.60, clip_cosine=0.99),
+    # Measured on small-random: agreement 0.91-0.95, KL 0.0008-0.0009.
+    "int8": Thresholds(teacher_forced_agreement=0.90, kl_max=0.005, clip_cosine=0.99),
+    # Measured on small-random (KL / agreement): block 128 absmax 0.037 / 0.63, block 256
+    # absmax 0.045 / 0.55-0.57, block 256 searched scales (built) 0.033 / 0.58. The KL
+    # bound admits nothing worse than absmax block 256; the agreement floor catches
+    # broken quantization (wrong scales or blocks fall towards chance, 1/2048).
+    "int4": Thresholds(teacher_forced_agreement=0.50, kl_max=0.045, clip_cosine=0.99),
 }
 
 
@@ -96,6 +103,8 @@ def check(precision: str, report: dict) -> list[str]:
     if report["teacher_forced"]["agreement"] < t.teacher_forced_agreement:
         failures.append(f"teacher-forced agreement {report['teacher_forced']['agreement']:.3f} "
                         f"< {t.teacher_forced_agreement}")
+    if report["teacher_forced"]["kl_mean"] > t.kl_max:
+        failures.append(f"KL {report['teacher_forced']['kl_mean']:.5f} > {t.kl_max}")
     if report["clip"]["cosine"] < t.clip_cosine:
         failures.append(f"CLIP embedding cosine {report['clip']['cosine']:.4f} < {t.clip_cosine}")
     return failures
@@ -118,7 +127,7 @@ def write_report(root: Path, report: dict) -> dict:
     for i, a in enumerate(tf["agreement_per_codebook"]):
         lines.append(f"| &nbsp; codebook {i} | {a:.4f} | |")
     lines += [
-        f"| KL(fp32 ‖ {report['precision']}) per token | {tf['kl_mean']:.5f} | |",
+        f"| KL(fp32 ‖ {report['precision']}) per token | {tf['kl_mean']:.5f} | <= {report['thresholds']['kl_max']} |",
         f"| greedy generation agreement ({report['greedy']['frames']} frames) | {report['greedy']['agreement']:.4f} | |",
         f"| CLIP embedding cosine | {report['clip']['cosine']:.5f} | >= {report['thresholds']['clip_cosine']} |",
         f"| EnCodec SNR | {report['encodec']['note']} | |",

@@ -45,6 +45,7 @@ def test_accuracy_report_is_sane(tiny_quantized_bundle):
     assert 0.0 < report["clip"]["cosine"] <= 1.0 + 1e-6
     assert report["failures"] == []
     assert tf["agreement"] >= THRESHOLDS[report["precision"]].teacher_forced_agreement
+    assert tf["kl_mean"] <= THRESHOLDS[report["precision"]].kl_max
     md = (tiny_quantized_bundle / "accuracy_report.md").read_text()
     assert "teacher-forced top-1 agreement" in md and "PASS" in md
     summary = load_bundle(tiny_quantized_bundle).manifest["accuracy"]
@@ -135,11 +136,12 @@ def test_build_fails_below_thresholds(tiny_models, tmp_path, monkeypatch):
     from tests.conftest import quick_quantization
 
     monkeypatch.setitem(accuracy.THRESHOLDS, "int8", accuracy.Thresholds(teacher_forced_agreement=1.01,
-                                                                          clip_cosine=0.99))
+                                                                          kl_max=0.0, clip_cosine=0.99))
     with pytest.raises(Img2MusicError, match="below its accuracy thresholds"):
         build_bundle(tmp_path / "b", tiny_models, report=lambda line: None, quantization=quick_quantization("int8"))
     report = json.loads((tmp_path / "b" / "accuracy_report.json").read_text())
-    assert report["failures"] and "teacher-forced agreement" in report["failures"][0]
+    assert len(report["failures"]) == 2
+    assert "teacher-forced agreement" in report["failures"][0] and "KL" in report["failures"][1]
 
 
 @pytest.mark.slow
