@@ -3,19 +3,20 @@
 Weights: ONNX Runtime's ``MatMulNBitsQuantizer`` turns every MatMul with a constant
 weight into ``MatMulNBits`` (symmetric, per block of input channels,
 ``accuracy_level=4`` = int8 compute on CPU). 4-bit blocks then get their scales from
-a per-block search over clipped scales (``search_block_scales``): the quantizer
-itself only offers absmax (round-to-nearest) scales. Measured on small-random, 2 cores, guidance batch 2, int8 KV
-cache, graph alone (ms/step at 16 -> 1500 cached positions), one run:
-8-bit block 32: 18.1 -> 28.0, 64: 16.0 -> 25.7, 128: 15.4 -> 24.6, 256: 13.7 -> 23.1
-(block 512 is not supported); 4-bit + 8-bit output heads, block 128: 11.6 -> 20.6,
-256: 10.1 -> 19.2 (the scale search changes values, not speed). Accuracy against fp32, teacher-forced over 120 steps and two
-conditionings, KL per token: 8-bit block 128 0.00083, 256 0.00094 (top-1 agreement
-0.93 / 0.95, within noise); 4-bit block 128 0.0370, block 256 0.0447, block 256 with
-the scale search 0.036 (weight MSE 1.23% -> 1.03% of the weights' power; block 128
-absmax: 1.06%). So both use block 256, and 4-bit searches its scales (for 8 bits the
-search gains 1%: not worth its time). Asymmetric 4-bit
-(zero points) was no more accurate and slower (12.6 ms at 16); HQQ's float zero
-points take a slow path (350 ms); fp32 compute (accuracy_level 1) is 4x slower.
+a per-block search over clipped scales (``search_block_scales``): the quantizer itself
+only offers absmax (round-to-nearest) scales. Measured on small-random, 2 cores,
+guidance batch 2, int8 KV cache, graph alone (ms/step at 16 -> 1500 cached positions),
+one run: 8-bit block 32: 18.1 -> 28.0, 64: 16.0 -> 25.7, 128: 15.4 -> 24.6,
+256: 13.7 -> 23.1 (block 512 is not supported); 4-bit + 8-bit output heads, block 128:
+11.6 -> 20.6, 256: 10.1 -> 19.2 (the scale search changes values, not speed).
+Accuracy against fp32, teacher-forced over 120 steps and two conditionings, KL per
+token: 8-bit block 128 0.00083, 256 0.00094 (top-1 agreement 0.93 / 0.95, within
+noise); 4-bit block 128 0.0370, block 256 0.0447, block 256 with the scale search
+0.0328 (weight MSE 1.23% -> 1.03% of the weights' power; block 128 absmax: 1.06%).
+So both use block 256, and 4-bit searches its scales (for 8 bits the search gains 1%:
+not worth its time). Asymmetric 4-bit (zero points) was no more accurate and slower
+(12.6 ms at 16); HQQ's float zero points take a slow path (350 ms); fp32 compute
+(accuracy_level 1) is 4x slower.
 Dynamic/static QDQ (``quantize_dynamic``, optimum's q8 recipe) measured 26 -> 72 ms
 in the prototype: MatMulNBits is both faster and keeps fp32 activations.
 
@@ -111,7 +112,8 @@ def int8_kv_cache(model: onnx.ModelProto, num_heads: int, head_dim: int) -> onnx
 
 
 def _constant_matmul_weights(model: onnx.ModelProto, exclude: set[str]) -> dict[str, np.ndarray]:
-    """Copies of the (K, N) weights the quantizer will replace (it edits the model in place)."""
+    """Copies of the (K, N) weights the quantizer will replace (it edits the model in place).
+    Holds the decoder's fp32 weights once more while it is quantized (1.3 GB for small)."""
     inits = {init.name: init for init in model.graph.initializer}
     return {node.input[1]: numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
             for node in model.graph.node
