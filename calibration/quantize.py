@@ -32,6 +32,7 @@ memory, 147 MB at 1500 positions instead of 590 MB, not time.)
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -44,8 +45,8 @@ BLOCK_SIZE = {8: 256, 4: 256}
 """Decoder block sizes chosen by the measurements above."""
 CLIP_BLOCK_SIZE = 128
 """The vision tower keeps the block it was measured with (cosine 0.9999 to fp32)."""
-SCALE_SEARCH_RATIOS = tuple(float(r) for r in np.linspace(0.6, 1.0, 17))
-"""Fractions of a 4-bit block's absmax tried as its clipping range (1.0 = absmax)."""
+SCALE_SEARCH_RATIOS = tuple(float(r) for r in np.linspace(0.6, 0.975, 16))
+"""Fractions of a 4-bit block's absmax tried as its clipping range, besides absmax itself."""
 
 GQA_K_SCALE_INPUT, GQA_V_SCALE_INPUT = 12, 13  # positions in the op's input list (ORT >= 1.23)
 
@@ -120,19 +121,32 @@ def _constant_matmul_weights(model: onnx.ModelProto, exclude: set[str]) -> dict[
             if node.op_type == "MatMul" and node.name not in exclude and node.input[1] in inits}
 
 
+class BlockCodes(NamedTuple):
+    """A weight's blockwise codes, and how far they and the absmax codes are from it."""
+
+    codes: np.ndarray
+    """(N, blocks, block) int8 offsets from the zero point."""
+    scales: np.ndarray
+    """(N, blocks) float32."""
+    error: float
+    """Sum of squared differences between the codes' values and the weight."""
+    absmax_error: float
+    """The same for the quantizer's own absmax codes."""
+
+
 def search_block_scales(weight: np.ndarray, bits: int, block_size: int,
-                        ratios: tuple[float, ...] = SCALE_SEARCH_RATIOS) -> tuple[np.ndarray, np.ndarray]:
+                        ratios: tuple[float, ...] = SCALE_SEARCH_RATIOS) -> BlockCodes:
     """Symmetric blockwise codes for a (K, N) weight in MatMulNBits' layout.
 
     Per block of ``block_size`` input channels, the scale is ``ratio * v / -2**(bits-1)``
     (``v`` the block's largest-magnitude value, so that it lands on the most negative
-    code, as MLAS does) for the ratio with the least squared error. Ratio 1.0 alone
-    gives the quantizer's own round-to-nearest codes. Returns codes (N, blocks,
-    block_size) as offsets from the zero point and scales (N, blocks)."""
+    code, as MLAS does) for the ratio with the least squared error. Absmax (ratio 1.0,
+    the quantizer's own round-to-nearest codes) is the first candidate, so the result is
+    never worse than the quantizer's; ``ratios=()`` returns exactly those codes."""
     k, n = weight.shape
     blocks = -(-k // block_size)
     padded = np.zeros((blocks * block_size, n), np.float32)
-    padded[:k] = weight  # the quantizer pads K with zeros
+    padded[:k] = weight  # the quantizer pads K with zeros; zeros quantize exactly
     w = np.ascontiguousarray(padded.T).reshape(n, blocks, block_size)  # (N, blocks, block)
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     peak = np.take_along_axis(w, np.abs(w).argmax(-1)[..., None], -1)[..., 0]  # (N, blocks), signed
@@ -141,15 +155,19 @@ def search_block_scales(weight: np.ndarray, bits: int, block_size: int,
         inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)  # MLAS: 0 for an all-zero block
         return np.clip(np.rint(w * inverse[..., None]), lo, hi)
 
-    best_scale = np.zeros_like(peak)
-    best_error = np.full(peak.shape, np.inf, np.float32)
+    def error(scale: np.ndarray) -> np.ndarray:
+        return ((codes(scale) * scale[..., None] - w) ** 2).sum(-1)  # (N, blocks)
+
+    best_scale = (peak / np.float32(lo)).astype(np.float32)
+    best_error = error(best_scale)
+    absmax_error = float(best_error.sum())
     for ratio in ratios:
         scale = (np.float32(ratio) * peak / np.float32(lo)).astype(np.float32)
-        error = ((codes(scale) * scale[..., None] - w) ** 2).sum(-1)  # (N, blocks)
-        better = error < best_error
-        best_error = np.where(better, error, best_error)
+        candidate = error(scale)
+        better = candidate < best_error
+        best_error = np.where(better, candidate, best_error)
         best_scale = np.where(better, scale, best_scale)
-    return codes(best_scale).astype(np.int8), best_scale
+    return BlockCodes(codes(best_scale).astype(np.int8), best_scale, float(best_error.sum()), absmax_error)
 
 
 def pack_codes(codes: np.ndarray, bits: int, rows: int | None = None) -> np.ndarray:
@@ -179,28 +197,13 @@ def refine_4bit_scales(model: onnx.ModelProto, originals: dict[str, np.ndarray])
         if source not in originals:
             raise ValueError(f"{node.name}: no original weight {source!r} to search scales for")
         weight = originals[source]
-        codes, scales = search_block_scales(weight, 4, attrs["block_size"])
+        found = search_block_scales(weight, 4, attrs["block_size"])
         blob, scale_init = inits[node.input[1]], inits[node.input[2]]
-        packed = pack_codes(codes, 4, rows=weight.shape[0]).reshape(tuple(blob.dims))
-        old_scales = numpy_helper.to_array(scale_init).reshape(scales.shape)
-        old_codes = _unpack4(numpy_helper.to_array(blob)).reshape(codes.shape)
+        packed = pack_codes(found.codes, 4, rows=weight.shape[0]).reshape(tuple(blob.dims))
         blob.CopyFrom(numpy_helper.from_array(packed, blob.name))
-        scale_init.CopyFrom(numpy_helper.from_array(scales.reshape(tuple(scale_init.dims)), scale_init.name))
-        before += _squared_error(weight, old_codes, old_scales)
-        after += _squared_error(weight, codes, scales)
+        scale_init.CopyFrom(numpy_helper.from_array(found.scales.reshape(tuple(scale_init.dims)), scale_init.name))
+        before += found.absmax_error
+        after += found.error
     if before:
         log.info("4-bit scale search: squared weight error %.4g -> %.4g (%.1f%% less)",
                  before, after, 100 * (1 - after / before))
-
-
-def _squared_error(weight: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> float:
-    """Sum of squared differences between a (K, N) weight and its codes' values (padding left out)."""
-    values = (codes.astype(np.float32) * scales[..., None]).reshape(codes.shape[0], -1)[:, : weight.shape[0]]
-    return float(((values.T - weight) ** 2).sum())
-
-
-def _unpack4(blob: np.ndarray) -> np.ndarray:
-    """MatMulNBits' 4-bit blob -> signed codes, the inverse of ``pack_codes``."""
-    low = (blob & 0x0F).astype(np.int8) - 8
-    high = (blob >> 4).astype(np.int8) - 8
-    return np.stack([low, high], axis=-1).reshape(*blob.shape[:-1], blob.shape[-1] * 2)

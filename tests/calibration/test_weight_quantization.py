@@ -46,9 +46,10 @@ def onnxruntime_rtn(weight: np.ndarray) -> onnx.ModelProto:
 
 
 def test_absmax_alone_reproduces_onnxruntime_codes(weight):
-    """Ratio 1.0 is the quantizer's round-to-nearest: same blob, same scales, byte for byte."""
+    """Absmax alone is the quantizer's round-to-nearest: same blob, same scales, byte for byte."""
     inits = {i.name: numpy_helper.to_array(i) for i in onnxruntime_rtn(weight).graph.initializer}
-    codes, scales = search_block_scales(weight, 4, 64, ratios=(1.0,))
+    codes, scales, error, absmax_error = search_block_scales(weight, 4, 64, ratios=())
+    assert error == absmax_error
     assert codes.shape == (48, 4, 64) and codes.min() >= -8 and codes.max() <= 7
     packed = pack_codes(codes, 4, rows=200).reshape(inits["w_Q4"].shape)
     np.testing.assert_array_equal(packed, inits["w_Q4"])
@@ -64,7 +65,8 @@ def test_searched_scales_are_what_the_graph_runs_and_are_closer(weight, tmp_path
     err_absmax = float(np.mean((absmax - exact) ** 2))
     # Both are 4-bit (a few percent of the output's power), the search measurably less.
     assert err_searched < 0.95 * err_absmax < 0.1 * float(np.mean(exact ** 2))
-    codes, scales = search_block_scales(weight, 4, 64)
+    codes, scales, error, absmax_error = search_block_scales(weight, 4, 64)
+    assert error < 0.95 * absmax_error
     dequant = (codes * scales[..., None]).reshape(48, -1)[:, :200].T
     # The graph runs these codes: what is left is its int8 rounding of x, far below the
     # weights' own 4-bit error.
