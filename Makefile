@@ -18,10 +18,11 @@ $(VENV)/.installed: pyproject.toml
 
 ## Build the tiny preset, turn real photographs (skimage.data) into WAVs, print timings.
 demo: venv
-	$(PY) -m runtime.demo --out out/demo
+	$(PY) -m export.demo --out out/demo
 
-## The test suite (what CI runs).
+## Lint (pyflakes + import order, pyproject's [tool.ruff]) and the test suite (what CI runs).
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
 clean:

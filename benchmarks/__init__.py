@@ -1,1 +1,1 @@
-"""img2music benchmarks: per-stage latency, real-time factor, baselines (not built yet)."""
+"""img2music benchmarks: per-stage latency, real-time factor, decoder steps, live and training costs."""

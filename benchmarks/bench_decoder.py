@@ -29,9 +29,9 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.errors import Img2MusicError, run_cli, setup_logging
 from benchmarks.machine import machine_record
 from benchmarks.stats import time_calls
-from runtime.errors import Img2MusicError, run_cli, setup_logging
 from runtime.sampling import SamplingConfig
 
 
@@ -46,20 +46,26 @@ def conditioning_from_bundle(pipeline, seed: int = 0):
     """A real prompt-bank conditioning: the directive a random image embedding picks."""
     import numpy as np
 
-    clip_dim = pipeline.bundle.manifest["clip"]["embed_dim"]
+    clip_dim = pipeline.bundle.model.clip.embed_dim
     embeds = np.random.default_rng(seed).standard_normal((1, clip_dim)).astype(np.float32)
     cond, mask, _ = pipeline.project(embeds)
     return cond, mask
 
 
 def bench_onnx(pipeline, cond, mask, positions, sampling, warmup, repeats) -> dict:
+    """Per position: the decoder session's step alone ("graph") and the generation core's step
+    ("all-in"), in one window as long as the cache allows (no re-prime while timing)."""
+    from runtime.generation import Windowing
+
     gen = pipeline.generator
-    gen.set_conditioning(cond, mask, guidance=True)
+    max_frames = pipeline.bundle.model.decoder.max_frames
+    gen.start(cond, mask, sampling, window=Windowing(window_frames=max_frames, keep_frames=max_frames // 2))
+    rows = gen.tokens[:, :, 0].repeat(2, axis=0)  # (2, K) start tokens, guidance rows
     results = {}
     for pos in positions:
-        gen.begin(min(pos + warmup + repeats + 8, gen.decoder.shape.max_length - 4), seed=0)
+        if pos + warmup + repeats >= max_frames:
+            raise Img2MusicError(f"position {pos} + {warmup + repeats} steps does not fit the cache ({max_frames})")
         gen.seek(pos)
-        rows = gen.sequence[:, :, 0].repeat(2, axis=0)
         graph = time_calls(lambda: gen.decoder.step(rows), warmup, repeats)
         gen.seek(pos)
         allin = time_calls(lambda: gen.step(sampling), warmup, repeats)
@@ -147,10 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_eager:
         import torch
 
-        from export.models import load_models
+        from basics.models import load_models
+        from runtime.bundle import load_bundle
 
-        manifest = json.loads((Path(args.bundle[0]) / "manifest.json").read_text())
-        preset = args.preset or manifest["source"].get("preset")
+        preset = args.preset or load_bundle(args.bundle[0], verify_hashes=False).manifest.provenance.source.get("preset")
         if preset is None:
             raise Img2MusicError("the eager baseline needs --preset (the bundle was not built from one)")
         torch.set_num_threads(args.threads)

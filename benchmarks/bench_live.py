@@ -72,25 +72,25 @@ def latency(engines: str, switches: int, switch_every: float, threads: int, thre
             "latency_median_s": round(statistics.median(lat), 3) if lat else None,
             "rtf": round(engine.rtf, 3), "underflows": engine.playout.ring.underflows,
             "degrade_repeats": engine.playout.counts.repeats, "blend_step_ms": blend_ms,
-            "reprime_step_ms": reprime_ms, "keep_frames": engine.endless.keep_frames, "summary": summary}
+            "reprime_step_ms": reprime_ms, "keep_frames": engine.window.keep_frames, "summary": summary}
 
 
 def transition_costs(engine, repeats: int = 3) -> tuple[float, float]:
     """Median ms of one transition step: blend (cross_kv) vs re-prime (prefill of keep)."""
     from runtime.live_engine import blend
 
-    endless = engine.endless
+    generator = engine.stream.generator
     scene = engine.scene
     cond = blend((scene.conditioning, scene.mask), (scene.conditioning * 0.5, scene.mask), 0.5)
-    endless.start(scene.conditioning, scene.mask, guidance=endless.guidance)
-    endless.next_frames(endless.keep_frames + 4, engine.config.sampling)
+    generator.start(scene.conditioning, scene.mask, engine.config.sampling, window=engine.window)
+    generator.next_frames(engine.window.keep_frames + 4, engine.config.sampling)
     times = {"blend": [], "reprime": []}
     for _ in range(repeats):
         start = time.perf_counter()
-        endless.blend_conditioning(*cond)
+        generator.blend_conditioning(*cond)
         times["blend"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        endless.swap_conditioning(*cond)
+        generator.swap_conditioning(*cond)
         times["reprime"].append(time.perf_counter() - start)
     return tuple(round(statistics.median(times[k]) * 1000, 1) for k in ("blend", "reprime"))
 

@@ -56,7 +56,7 @@ def synthetic_dataset(root: Path, items: int, frames: int, preset: str) -> None:
 
 
 def time_epoch(data: Path, out: Path, batch: int, switches: dict) -> float:
-    from training.train import Trainer, TrainConfig
+    from training.train import TrainConfig, Trainer
 
     trainer = Trainer(TrainConfig(data=str(data), out=str(out), batch_size=batch, epochs=1, **switches),
                       report=lambda s: None)

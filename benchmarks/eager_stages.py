@@ -15,7 +15,7 @@ from runtime.sampling import SamplingConfig
 def measure_eager(preset: str | None, musicgen: str | None, clip: str | None, config: SuiteConfig) -> dict:
     import torch
 
-    from export.models import load_models
+    from basics.models import load_models
     from runtime.preprocess import preprocess_images
     from runtime.reference import ReferencePipeline
 

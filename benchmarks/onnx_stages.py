@@ -30,7 +30,7 @@ def measure_bundle(bundle: str, config: SuiteConfig, providers: list[str] | None
     stages["projector"] = summarize_ms(time_calls(lambda: pipeline.project(embeds), w, r))
     cond, mask, _ = pipeline.project(embeds)
     gen = pipeline.generator
-    stages["cross_kv"] = summarize_ms(time_calls(lambda: gen.set_conditioning(cond, mask, True), w, r))
+    stages["cross_kv"] = summarize_ms(time_calls(lambda: gen.start(cond, mask, sampling), w, r))
     steps = bench_onnx(pipeline, cond, mask, config.positions, sampling, w, r)
     for pos in config.positions:
         stages[f"decoder_step@{pos}"] = summarize_ms([t / 1e3 for t in steps[pos]["all_in_ms"]])
@@ -41,7 +41,7 @@ def measure_bundle(bundle: str, config: SuiteConfig, providers: list[str] | None
     def reprime():
         gen.decoder.prefill(tokens)
 
-    gen.set_conditioning(cond, mask, True)
+    gen.start(cond, mask, sampling)
     stages["reprime_window"] = summarize_ms(time_calls(reprime, 0, config.e2e_repeats))
     codes = np.random.default_rng(1).integers(0, 2048, (1, pipeline.num_codebooks, pipeline.frame_rate))
     stages["encodec_1s"] = summarize_ms(time_calls(lambda: pipeline.decode_audio(codes), w, r))

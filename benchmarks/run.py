@@ -27,34 +27,50 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.errors import Img2MusicError, run_cli, setup_logging
 from benchmarks.machine import machine_record
 from benchmarks.suite_config import SuiteConfig, stage_names
-from runtime.errors import Img2MusicError, run_cli, setup_logging
+
+MEASUREMENTS = {
+    "bundle": "benchmarks.onnx_stages:measure_bundle",
+    "eager": "benchmarks.eager_stages:measure_eager",
+    "text": "benchmarks.text_pipeline:measure_text_pipeline",
+}
 
 
-def _child(fn_name: str, args: tuple, queue) -> None:
+def _child(target: str, args: tuple, queue) -> None:
+    import importlib
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        if fn_name == "bundle":
-            from benchmarks.onnx_stages import measure_bundle as fn
-        elif fn_name == "eager":
-            from benchmarks.eager_stages import measure_eager as fn
-        else:
-            from benchmarks.text_pipeline import measure_text_pipeline as fn
-        queue.put(("ok", fn(*args)))
+        module, name = target.split(":")
+        queue.put(("ok", getattr(importlib.import_module(module), name)(*args)))
     except BaseException as exc:  # reported to the parent, which fails with the message
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def run_isolated(fn_name: str, *args):
-    """Run one measurement in a fresh process; returns its result dict."""
+    """Run one measurement (a name in MEASUREMENTS, or ``module:function``) in a fresh process;
+    returns its result dict. A child that dies without answering (killed for memory, a crash
+    in native code) fails the suite with its exit code instead of hanging it."""
+    import queue as queues
+
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn_name, args, queue))
+    proc = ctx.Process(target=_child, args=(MEASUREMENTS.get(fn_name, fn_name), args, queue))
     proc.start()
-    status, payload = queue.get()
+    while True:
+        alive = proc.is_alive()  # checked before waiting: a result sent just before exiting still arrives
+        try:
+            status, payload = queue.get(timeout=1.0)
+            break
+        except queues.Empty:
+            if not alive:
+                code = proc.exitcode
+                why = (f"killed by signal {-code}" + (" (out of memory?)" if code == -9 else "")) if code < 0 \
+                    else f"exit code {code}"
+                raise Img2MusicError(f"benchmark {fn_name} died without a result ({why})") from None
     proc.join()
     if status != "ok":
         raise Img2MusicError(f"benchmark {fn_name} failed: {payload}")
@@ -112,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     preset = args.preset
     if preset is None and args.bundle and not (args.musicgen or args.clip):
-        preset = json.loads((Path(args.bundle[0]) / "manifest.json").read_text())["source"].get("preset")
+        from runtime.bundle import load_bundle
+
+        preset = load_bundle(args.bundle[0], verify_hashes=False).manifest.provenance.source.get("preset")
     backends = {}
     reference = None
     if args.baseline == "torch":
@@ -160,5 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (img2music-bench)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

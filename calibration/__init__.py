@@ -1,1 +1,1 @@
-"""img2music calibration: representative data, INT8/FP16 quantization, accuracy reports (not built yet)."""
+"""img2music calibration: representative data, int8 KV-cache scales, int8/int4 weight quantization, accuracy reports."""

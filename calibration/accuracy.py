@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.logits_sampling import apply_guidance, decoder_rows, with_null_branch
+from runtime.generation import CodeGenerator
 from runtime.sampling import SamplingConfig
 
 
@@ -59,20 +59,20 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
-def teacher_forced(ref_decoder, test_decoder, conditioning, mask, tokens: np.ndarray, guidance_scale: float) -> dict:
-    """Both decoders read ``tokens`` (B, K, L); per-codebook agreement and mean KL of guided logits."""
+def teacher_forced(reference: CodeGenerator, test: CodeGenerator, conditioning, mask, tokens: np.ndarray,
+                   guidance_scale: float) -> dict:
+    """Both generators' decoders read ``tokens`` (B, K, L); per-codebook agreement and mean KL
+    of the guided scores sampling would see."""
     batch, k, length = tokens.shape
-    rows_cond, rows_mask = with_null_branch(conditioning, mask)
-    for dec in (ref_decoder, test_decoder):
-        dec.set_conditioning(rows_cond, rows_mask)
+    for generator in (reference, test):
+        generator.start(conditioning, mask, SamplingConfig(guidance_scale=guidance_scale))
     agree = np.zeros(k)
     kl_sum, n = 0.0, 0
     for t in range(length - 1):
-        rows = decoder_rows(tokens[:, :, t], guidance=True)
-        ref = apply_guidance(ref_decoder.step(rows).copy(), batch, guidance_scale)  # (B, K, V)
-        test = apply_guidance(test_decoder.step(rows), batch, guidance_scale)
-        agree += (ref.argmax(-1) == test.argmax(-1)).mean(axis=0)
-        lp, lq = _log_softmax(ref), _log_softmax(test)
+        ref = reference.score(tokens[:, :, t], guidance_scale).copy()  # (B, K, V)
+        test_scores = test.score(tokens[:, :, t], guidance_scale)
+        agree += (ref.argmax(-1) == test_scores.argmax(-1)).mean(axis=0)
+        lp, lq = _log_softmax(ref), _log_softmax(test_scores)
         kl_sum += float((np.exp(lp) * (lp - lq)).sum(-1).sum())
         n += batch * k
     steps = length - 1
@@ -80,12 +80,11 @@ def teacher_forced(ref_decoder, test_decoder, conditioning, mask, tokens: np.nda
             "kl_mean": kl_sum / n, "steps": steps}
 
 
-def greedy_agreement(ref_generator, test_generator, conditioning, mask, frames: int, guidance_scale: float) -> float:
+def greedy_agreement(reference: CodeGenerator, test: CodeGenerator, conditioning, mask, frames: int,
+                     guidance_scale: float) -> float:
+    """Fraction of equal codes when each generates ``frames`` frames greedily on its own."""
     sampling = SamplingConfig(greedy=True, guidance_scale=guidance_scale)
-    codes = []
-    for gen in (ref_generator, test_generator):
-        gen.set_conditioning(conditioning, mask, guidance=True)
-        codes.append(gen.generate(frames, sampling))
+    codes = [g.generate(conditioning, mask, frames, sampling) for g in (reference, test)]
     return float((codes[0] == codes[1]).mean())
 
 

@@ -15,15 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from basics.clip_image_config import ClipImageConfig
+from basics.errors import Img2MusicError
+from basics.graph_specs import LM_HEADS_NODE
+from basics.model_config import DecoderConfig
+from basics.onnx_files import save_model
 from calibration.accuracy import THRESHOLDS, check, clip_cosine, greedy_agreement, teacher_forced, write_report
 from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
 from calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
 from calibration.representative_data import representative_images
 from runtime.bundle import sha256_file
-from runtime.decoder_session import DecoderSession, DecoderShape
-from runtime.generator import MusicGenerator
+from runtime.generation import CodeGenerator
 from runtime.onnx_session import create_session
-from runtime.preprocess import ClipImageConfig, preprocess_images
+from runtime.ort_decoder_session import OrtDecoderSession
+from runtime.preprocess import preprocess_images
 from runtime.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -51,11 +56,14 @@ class QuantizationOptions:
     """Images for the CLIP cosine."""
 
 
-def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: ClipImageConfig,
-                    options: QuantizationOptions, report=print) -> dict:
-    """Quantize the fp32 graphs in ``root``; returns the manifest sections it defines."""
+def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: ClipImageConfig,
+                    options: QuantizationOptions, report=None) -> dict:
+    """Quantize the fp32 graphs in ``root``; returns the manifest sections it defines.
+    ``report`` receives the summary lines (default: the log)."""
     import onnx
 
+    report = report or log.info
+    shape = decoder_config
     bits = WEIGHT_BITS[options.precision]
     sessions = {n: create_session(root / f"{n}.onnx") for n in ("clip_vision", "projector", "cross_kv", "decoder_step")}
 
@@ -70,35 +78,29 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
     cond, mask = cond[keep], mask[keep]
     report(f"  calibration data: {len(images)} images -> {len(keep)} distinct conditionings")
 
-    fp32_decoder = DecoderSession(sessions["decoder_step"], sessions["cross_kv"], shape)
-    fp32_generator = MusicGenerator(fp32_decoder, pad_id)
+    fp32_generator = CodeGenerator(OrtDecoderSession(sessions["decoder_step"], sessions["cross_kv"], decoder_config))
     provenance = {"images": options.images or "skimage.data photographs + augmentations",
                   "image_names": [name for name, _ in images]}
-    kv = calibrate_kv_scales(fp32_decoder, fp32_generator, cond, mask, options.kv, provenance)
+    kv = calibrate_kv_scales(fp32_generator, cond, mask, options.kv, provenance)
     report(f"  KV scales: keys absmax {kv.absmax[:, 0].max():.3g}, values absmax {kv.absmax[:, 1].max():.3g}")
 
     decoder_model = onnx.load(str(root / "decoder_step.onnx"), load_external_data=True)
-    from export.decoder_step import LM_HEADS_NODE
-
     decoder_model = quantize_weights(decoder_model, bits, keep_8bit=[LM_HEADS_NODE] if bits < 8 else None)
     decoder_model = int8_kv_cache(decoder_model, shape.num_heads, shape.head_dim)
     clip_model = quantize_weights(onnx.load(str(root / "clip_vision.onnx"), load_external_data=True), 8,
                                   block_size=CLIP_BLOCK_SIZE)
     tmp = root / "quantized"
     tmp.mkdir()
-    from export.onnx_graph import save_model
-
     save_model(decoder_model, tmp / "decoder_step.onnx")
     save_model(clip_model, tmp / "clip_vision.onnx")
-    q_decoder = DecoderSession(create_session(tmp / "decoder_step.onnx"), sessions["cross_kv"], shape, kv.scales)
-    q_generator = MusicGenerator(q_decoder, pad_id)
+    q_generator = CodeGenerator(OrtDecoderSession(create_session(tmp / "decoder_step.onnx"), sessions["cross_kv"],
+                                                  decoder_config, kv.scales))
 
     n = min(options.report_batch, len(cond))
     frames = options.report_steps - shape.num_codebooks + 1
-    fp32_generator.set_conditioning(cond[:n], mask[:n], guidance=True)
-    fp32_generator.generate(frames, SamplingConfig(seed=options.kv.seed))
-    tokens = fp32_generator.sequence.copy()  # (n, K, L) an fp32 sampled generation
-    tf = teacher_forced(fp32_decoder, q_decoder, cond[:n], mask[:n], tokens, options.kv.guidance_scale)
+    fp32_generator.generate(cond[:n], mask[:n], frames, SamplingConfig(seed=options.kv.seed))
+    tokens = fp32_generator.tokens  # (n, K, L) the decoder inputs of an fp32 sampled generation
+    tf = teacher_forced(fp32_generator, q_generator, cond[:n], mask[:n], tokens, options.kv.guidance_scale)
     greedy = greedy_agreement(fp32_generator, q_generator, cond[:n], mask[:n], frames, options.kv.guidance_scale)
     cosine = clip_cosine(sessions["clip_vision"], create_session(tmp / "clip_vision.onnx"),
                          pixels[: options.clip_images])
@@ -121,10 +123,10 @@ def quantize_bundle(root: Path, shape: DecoderShape, pad_id: int, image_config: 
     summary = write_report(root, data)
     report(f"  accuracy: teacher-forced agreement {tf['agreement']:.4f}, KL {tf['kl_mean']:.5f}, "
            f"greedy agreement {greedy:.4f}, CLIP cosine {cosine:.5f} -> {'PASS' if summary['passed'] else 'FAIL'}")
-    del q_decoder, q_generator, fp32_decoder, fp32_generator, sessions
+    for generator in (q_generator, fp32_generator):
+        generator.decoder.close()
+    del sessions
     if data["failures"]:
-        from runtime.errors import Img2MusicError
-
         raise Img2MusicError(f"{options.precision} bundle below its accuracy thresholds: " + "; ".join(data["failures"]))
 
     for name in ("decoder_step", "clip_vision"):

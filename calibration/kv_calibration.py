@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from runtime.generation import CodeGenerator
 from runtime.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -51,17 +52,17 @@ class KvCalibrationConfig:
         return asdict(self)
 
 
-def calibrate_kv_scales(decoder_session, generator, conditionings: np.ndarray, masks: np.ndarray,
+def calibrate_kv_scales(generator: CodeGenerator, conditionings: np.ndarray, masks: np.ndarray,
                         config: KvCalibrationConfig, provenance: dict) -> KvCalibration:
     """Run fp32 generations over (C, N, D) conditionings and take per-channel absmax of the cache."""
-    shape = decoder_session.shape
+    decoder_session = generator.decoder
+    shape = decoder_session.config
     absmax = np.zeros((shape.num_layers, 2, shape.num_heads, shape.head_dim), dtype=np.float32)
     sampling = SamplingConfig(guidance_scale=config.guidance_scale, seed=config.seed)
     frames = config.steps - shape.num_codebooks + 1
     for start in range(0, len(conditionings), config.batch):
         cond, mask = conditionings[start : start + config.batch], masks[start : start + config.batch]
-        generator.set_conditioning(cond, mask, guidance=True)
-        generator.generate(frames, SamplingConfig(**{**sampling.to_dict(), "seed": config.seed + start}))
+        generator.generate(cond, mask, frames, SamplingConfig(**{**sampling.to_dict(), "seed": config.seed + start}))
         rows = decoder_session.position
         for layer in range(shape.num_layers):
             for j, kind in enumerate(("key", "value")):

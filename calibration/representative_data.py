@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 from runtime.preprocess import load_image
 
 SKIMAGE_PHOTOS = (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.graph_specs import cross_kv_spec
+from basics.graph_specs import cross_kv_spec
 from export.onnx_graph import FLOAT, INT64, GraphBuilder, linear_weight
 
 FLOAT32_MIN = float(np.finfo(np.float32).min)

@@ -10,9 +10,9 @@ whole cache every step, so its cost grows with length (55 -> 169 ms from 16 to 1
 positions on two cores). ONNX Runtime's ``com.microsoft.GroupQueryAttention`` reads
 ``past_key``/``past_value`` of shape (B2, H, L_max, 64), writes only row
 ``seqlens_k`` and works in place when past and present are the same OrtValue (IO
-binding, ``runtime.decoder_session``): 47 -> 67 ms in the prototype. It needs a head
-size that is a multiple of 8 (64 for every MusicGen). A plain-ONNX fallback is left
-to the TensorRT work, which has its own KV-cache layer.
+binding, ``runtime.ort_decoder_session``): 47 -> 67 ms in the prototype. It needs a
+head size that is a multiple of 8 (64 for every MusicGen). TensorRT has no such op:
+its standard-ops step is ``export/decoder_step_plain.py``.
 
 Per layer (pre-LayerNorm, no biases, exact GELU)::
 
@@ -33,12 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.graph_specs import decoder_step_spec
+from basics.graph_specs import LM_HEADS_NODE, decoder_step_spec
 from export.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder, layer_norm, linear_weight, skip_layer_norm
-
-
-LM_HEADS_NODE = "lm_heads_matmul"
-"""Name of the fused output-heads MatMul (the quantizer keeps it at 8 bits in int4 bundles)."""
 
 
 def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821

@@ -23,24 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.graph_specs import GraphSpec, TensorSpec, cross_attention_inputs
+from basics.graph_specs import decoder_step_plain_spec
 from export.onnx_graph import FLOAT, INT64, GraphBuilder, layer_norm, linear_weight
 
 NEG = float(np.finfo(np.float32).min)
-
-
-def decoder_step_plain_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int,
-                            max_length: int) -> GraphSpec:
-    inputs = [TensorSpec("input_ids", "int64", ("batch", num_codebooks, 1)),
-              TensorSpec("position", "int64", (1,)),
-              TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len"))]
-    outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
-    inputs += cross_attention_inputs(num_layers, num_heads, head_dim)
-    for i in range(num_layers):
-        for kind in ("key", "value"):
-            inputs.append(TensorSpec(f"past_{kind}.{i}", "float32", ("batch", num_heads, max_length, head_dim)))
-            outputs.append(TensorSpec(f"new_{kind}.{i}", "float32", ("batch", num_heads, 1, head_dim)))
-    return GraphSpec("decoder_step_plain", tuple(inputs), tuple(outputs))
 
 
 def _heads(g: GraphBuilder, x: str, heads: int, head_dim: int) -> str:

@@ -1,4 +1,4 @@
-"""The two graphs of the streaming EnCodec decoder (see runtime/encodec_stream.py).
+"""The torch modules of the streaming EnCodec decoder's two graphs (runtime/encodec_stream.py).
 
 ``encodec_stream_front``: audio_codes (B, K, T) + lstm_h/lstm_c (layers, B, C) ->
 lstm_frames (B, C, T - 6), lstm_h_out, lstm_c_out. The first convolution runs without
@@ -8,8 +8,6 @@ at the sequence edges), so the same graph serves every chunk.
 """
 
 from __future__ import annotations
-
-from export.graph_specs import GraphSpec, TensorSpec
 
 
 def _module_base():
@@ -49,26 +47,6 @@ class EncodecStreamBack(_module_base()):
         for layer in self.layers:
             hidden = layer(hidden)
         return hidden
-
-
-def stream_specs(num_codebooks: int, channels: int, lstm_layers: int) -> tuple[GraphSpec, GraphSpec]:
-    state = ("lstm_layers", "batch", channels)
-    front = GraphSpec(
-        "encodec_stream_front",
-        (TensorSpec("audio_codes", "int64", ("batch", num_codebooks, "window")),
-         TensorSpec("lstm_h", "float32", (lstm_layers, "batch", channels)),
-         TensorSpec("lstm_c", "float32", (lstm_layers, "batch", channels))),
-        (TensorSpec("lstm_frames", "float32", ("batch", channels, "frames")),
-         TensorSpec("lstm_h_out", "float32", (lstm_layers, "batch", channels)),
-         TensorSpec("lstm_c_out", "float32", (lstm_layers, "batch", channels))),
-    )
-    del state
-    back = GraphSpec(
-        "encodec_stream_back",
-        (TensorSpec("lstm_frames", "float32", ("batch", channels, "frames")),),
-        (TensorSpec("audio_values", "float32", ("batch", 1, "samples")),),
-    )
-    return front, back
 
 
 def lstm_shape(codec) -> tuple[int, int]:

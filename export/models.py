@@ -1,215 +1,27 @@
-"""Model sources: hub ids / local directories for users, presets for tests and benchmarks.
+"""Save a preset (random weights, real architectures) as ordinary checkpoint directories.
 
-Usage (save a preset as ordinary checkpoint directories, loadable with --musicgen/--clip)::
+Usage::
 
     python export/models.py --preset tiny --out models/tiny
     python runtime/generate.py --musicgen models/tiny/musicgen --clip models/tiny/clip --image photo.jpg
 
-Real checkpoints load through transformers' ``from_pretrained``. No machine we build on
-reaches a model hub, so a model that is neither a local directory nor in the local
-cache gives one clear error that says how to get it.
+The directories load with ``--musicgen`` / ``--clip`` like downloaded checkpoints
+(loading itself: ``basics.models``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 if __package__ in (None, ""):  # run as `python export/models.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from export.presets import PRESETS, TINY_CLIP_IMAGE_SIZE, check_preset, clip_config, musicgen_config, musicgen_generation_defaults
-from runtime.errors import Img2MusicError, run_cli, setup_logging
-from runtime.preprocess import ClipImageConfig
-
-log = logging.getLogger(__name__)
-
-DEFAULT_MUSICGEN = "facebook/musicgen-small"
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-
-
-@dataclass
-class LoadedModels:
-    """Everything the reference pipeline and the exporters need, in eval mode."""
-
-    musicgen: Any
-    """transformers ``MusicgenForConditionalGeneration`` (decoder + T5 + EnCodec)."""
-    clip: Any
-    """transformers ``CLIPModel`` (vision and text towers)."""
-    t5_tokenizer: Any
-    """Tokenizer of MusicGen's T5 text encoder."""
-    clip_tokenizer: Any
-    """Tokenizer of CLIP's text tower."""
-    image_config: ClipImageConfig
-    """CLIP preprocessing read from the checkpoint (preprocessor_config.json)."""
-    source: dict = field(default_factory=dict)
-    """Where the weights came from: {"preset": ...} or {"musicgen": id, "clip": id}."""
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.musicgen.config.audio_encoder.sampling_rate)
-
-    @property
-    def frame_rate(self) -> int:
-        return int(self.musicgen.config.audio_encoder.frame_rate)
-
-    @property
-    def num_codebooks(self) -> int:
-        return int(self.musicgen.decoder.num_codebooks)
-
-    @property
-    def hop_length(self) -> int:
-        return self.sample_rate // self.frame_rate
-
-
-def _require_torch_stack():
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        raise Img2MusicError(
-            f"{exc.name} is not installed; the PyTorch path needs the 'export' extra: pip install 'img2music[export]'"
-        ) from exc
-
-
-def build_preset(preset: str, seed: int = 0) -> LoadedModels:
-    """Real architectures with random, seeded weights and locally built tokenizers."""
-    check_preset(preset)
-    _require_torch_stack()
-    import torch
-    from transformers import CLIPModel, GenerationConfig, MusicgenForConditionalGeneration
-
-    from export.tiny_tokenizers import build_clip_tokenizer, build_t5_tokenizer
-    from training.prompt_bank import load_directives
-
-    corpus = load_directives()
-    t5_tok = build_t5_tokenizer(corpus)
-    clip_tok = build_clip_tokenizer(corpus)
-    torch.manual_seed(seed)
-    log.info("building preset %s (seed %d)", preset, seed)
-    musicgen = MusicgenForConditionalGeneration(musicgen_config(preset, text_vocab_size=len(t5_tok)))
-    _seed_codebooks(musicgen.audio_encoder, seed)
-    musicgen.generation_config = GenerationConfig(**musicgen_generation_defaults())
-    clip = CLIPModel(
-        clip_config(
-            preset, text_vocab_size=len(clip_tok), bos_id=clip_tok.bos_token_id,
-            eos_id=clip_tok.eos_token_id, pad_id=clip_tok.pad_token_id,
-        )
-    )
-    size = TINY_CLIP_IMAGE_SIZE if preset == "tiny" else 224
-    image_config = ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size)
-    return LoadedModels(musicgen.eval(), clip.eval(), t5_tok, clip_tok, image_config, {"preset": preset, "seed": seed})
-
-
-def _seed_codebooks(codec, seed: int) -> None:
-    """EnCodec's ``post_init`` zeroes the codebooks, which would make every code decode
-    to the same vector; random codebooks make the audio depend on the tokens."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for layer in codec.quantizer.layers:
-            embed = torch.randn(layer.codebook.embed.shape, generator=gen)
-            layer.codebook.embed.copy_(embed)
-            layer.codebook.embed_avg.copy_(embed)
-
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a local path."""
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
-def _from_pretrained(kind: str, name: str, loader):
-    """Load a checkpoint; turn every way it can be missing into one clear message."""
-    path = Path(name).expanduser()
-    if _looks_like_path(name) and not path.is_dir():
-        raise Img2MusicError(f"{kind} model directory not found: {name}")
-    try:
-        if path.is_dir():
-            return loader(str(path))
-        try:
-            return loader(name, local_files_only=True)
-        except OSError:
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-                raise
-            return loader(name)
-    except (OSError, ValueError) as exc:
-        raise Img2MusicError(
-            f"cannot load {kind} model {name!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-            f"On a machine with network access run `huggingface-cli download {name}` (or "
-            f"`git clone https://huggingface.co/{name}`), copy the directory here and pass its path, "
-            "or populate the Hugging Face cache and set HF_HUB_OFFLINE=1."
-        ) from exc
-
-
-def load_pretrained(musicgen: str = DEFAULT_MUSICGEN, clip: str = DEFAULT_CLIP) -> LoadedModels:
-    """Load real checkpoints (hub ids or local directories) through transformers."""
-    _require_torch_stack()
-    from transformers import AutoTokenizer, CLIPModel, MusicgenForConditionalGeneration
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    mg = _from_pretrained("MusicGen", musicgen, MusicgenForConditionalGeneration.from_pretrained)
-    t5_tok = _from_pretrained("MusicGen tokenizer", musicgen, AutoTokenizer.from_pretrained)
-    cm = _from_pretrained("CLIP", clip, CLIPModel.from_pretrained)
-    clip_tok = _from_pretrained("CLIP tokenizer", clip, AutoTokenizer.from_pretrained)
-    proc = _from_pretrained("CLIP preprocessor", clip, CLIPImageProcessorPil.from_pretrained)
-    image_config = ClipImageConfig.from_preprocessor_config(proc.to_dict())
-    return LoadedModels(mg.eval(), cm.eval(), t5_tok, clip_tok, image_config, {"musicgen": musicgen, "clip": clip})
-
-
-def load_models(preset: str | None = None, musicgen: str | None = None, clip: str | None = None, seed: int = 0) -> LoadedModels:
-    """A preset, or checkpoints (missing ones default to musicgen-small / CLIP ViT-B/32)."""
-    if preset is not None:
-        if musicgen or clip:
-            raise Img2MusicError("give either --preset or --musicgen/--clip, not both")
-        return build_preset(preset, seed)
-    return load_pretrained(musicgen or DEFAULT_MUSICGEN, clip or DEFAULT_CLIP)
-
-
-def save_models(models: LoadedModels, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``out_dir/musicgen`` and ``out_dir/clip`` as ordinary checkpoint directories."""
-    import json
-
-    out = Path(out_dir)
-    mg_dir, clip_dir = out / "musicgen", out / "clip"
-    models.musicgen.save_pretrained(mg_dir)
-    models.t5_tokenizer.save_pretrained(mg_dir)
-    models.clip.save_pretrained(clip_dir)
-    models.clip_tokenizer.save_pretrained(clip_dir)
-    (clip_dir / "preprocessor_config.json").write_text(
-        json.dumps(models.image_config.to_preprocessor_config(), indent=2)
-    )
-    return mg_dir, clip_dir
-
-
-def count_parameters(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def preset_parameter_counts(preset: str) -> dict[str, int]:
-    """Parameter counts of a preset's modules, built on the meta device (no memory, instant)."""
-    check_preset(preset)
-    _require_torch_stack()
-    import torch
-    from transformers import CLIPModel, MusicgenForConditionalGeneration
-
-    # Tokenizer sizes only matter for the tiny preset (real sizes use the real vocabularies).
-    with torch.device("meta"):
-        mg = MusicgenForConditionalGeneration(musicgen_config(preset, text_vocab_size=400))
-        clip = CLIPModel(clip_config(preset, text_vocab_size=49408, bos_id=49406, eos_id=49407, pad_id=49407))
-    return {
-        "musicgen_decoder": count_parameters(mg.decoder),
-        "enc_to_dec_proj": count_parameters(mg.enc_to_dec_proj) if hasattr(mg, "enc_to_dec_proj") else 0,
-        "t5_encoder": count_parameters(mg.text_encoder),
-        "encodec": count_parameters(mg.audio_encoder),
-        "clip_vision": count_parameters(clip.vision_model) + count_parameters(clip.visual_projection),
-        "clip_text": count_parameters(clip.text_model) + count_parameters(clip.text_projection),
-    }
+from basics.errors import run_cli, setup_logging
+from basics.models import build_preset, count_parameters, save_models
+from basics.presets import PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,5 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (img2music-models)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -77,22 +77,6 @@ class GraphBuilder:
         return model
 
 
-def save_model(model: onnx.ModelProto, path) -> None:
-    """Save with weights in a side file (``<name>.data``): real sizes pass protobuf's 2 GB limit."""
-    from pathlib import Path
-
-    path = Path(path)
-    data = path.with_suffix(path.suffix + ".data")
-    if data.exists():
-        data.unlink()
-    large = sum(t.ByteSize() for t in model.graph.initializer) > 256 * 2**20
-    if large:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-
-
 def layer_norm(g: GraphBuilder, x: str, module, prefix: str) -> str:
     """nn.LayerNorm -> LayerNormalization over the last axis."""
     w = g.weight(f"{prefix}.weight", module.weight.detach().float().numpy())

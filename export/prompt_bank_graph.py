@@ -4,16 +4,16 @@ image_embeds (B, D_clip) -> L2-normalise -> cosine with every directive ->
 argmax -> gather that directive's T5 encoding and mask. The same interface as a
 trained projector's graph, plus the chosen index and score (the runtime shows the
 directive's text, which is stored in the manifest). Ties go to the first directive,
-as numpy's argmax (``runtime.prompt_bank``) does.
+as numpy's argmax (``basics.prompt_bank``) does.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from export.graph_specs import projector_spec
+from basics.graph_specs import projector_spec
+from basics.prompt_bank import PromptBank
 from export.onnx_graph import FLOAT, INT64, GraphBuilder
-from runtime.prompt_bank import PromptBank
 
 
 def build_prompt_bank_graph(bank: PromptBank) -> "onnx.ModelProto":  # noqa: F821

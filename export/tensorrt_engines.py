@@ -7,7 +7,7 @@ modelopt has never executed; see the TensorRT issue's closing note.
 
 Path (TensorRT 10.3 as on JetPack 6, and 11, whose only path is strongly typed):
 
-1. ONNX per engine: clip_vision, cross_kv and encodec_decode from the bundle, the decoder
+1. ONNX per engine: clip_vision, cross_kv and the streaming EnCodec graphs from the bundle, the decoder
    as ``decoder_step_plain.onnx`` (standard ops, static cache at a position input:
    export/decoder_step_plain.py), since TensorRT lacks ORT's contrib ops.
 2. Precision set in the graph, not by builder flags (strong typing): fp16 through
@@ -27,23 +27,26 @@ import logging
 import time
 from pathlib import Path
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
+from basics.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-TRT_GRAPHS = ("clip_vision", "cross_kv", "decoder_step_plain", "encodec_decode")
-"""Graphs that become plans (the projector and the streaming EnCodec stay on ORT/CPU: tiny)."""
+TRT_GRAPHS = ("clip_vision", "cross_kv", "decoder_step_plain", "encodec_stream_front", "encodec_stream_back")
+"""Graphs that become plans (the projector stays on ORT/CPU: tiny)."""
 
 
-def profile_ranges(specs: dict, manifest: dict, max_batch: int = 1, max_audio_seconds: float = 30.0) -> dict:
+def profile_ranges(specs: dict, model: ModelConfig, max_batch: int = 1, max_audio_seconds: float = 30.0) -> dict:
     """{graph: {input: (min, opt, max) shapes}} for every input with a dynamic axis.
 
     batch: guidance doubles the rows (1..2*max_batch, opt 2); cond_len: 1..the projector's
-    N tokens (the prompt bank pads to its longest directive); frames: 1..the audio length.
+    N tokens (the prompt bank pads to its longest directive); frames: 1..the audio length
+    of one chunk; window: a chunk's code frames plus the first convolution's 3 + 3 context.
     """
-    cond = int(manifest["conditioning"]["num_tokens"])
-    frames_max = int(max_audio_seconds * manifest["audio"]["frame_rate"]) + 8
-    axes = {"batch": (1, 2, 2 * max_batch), "cond_len": (1, cond, cond), "frames": (1, 50, frames_max)}
+    cond = model.conditioning.num_tokens
+    frames_max = int(max_audio_seconds * model.audio.frame_rate) + 8
+    axes = {"batch": (1, 2, 2 * max_batch), "cond_len": (1, cond, cond), "frames": (1, 50, frames_max),
+            "window": (7, 56, frames_max + 6)}
     ranges = {}
     for name, spec in specs.items():
         entry = {}
@@ -99,28 +102,25 @@ def build_plan(onnx_path: Path, plan_path: Path, ranges: dict, timing_cache: Pat
 
 
 def build_tensorrt_plans(bundle_dir: Path, models, precision: str = "fp16", version_compatible: bool = False,
-                         calibration: dict | None = None, report=print) -> dict:
+                         calibration: dict | None = None, report=log.info) -> dict:
     """Plans for the TRT graphs of an existing bundle; returns the manifest's 'tensorrt' section."""
     import json
 
-    from export.decoder_step_plain import build_decoder_step_plain, decoder_step_plain_spec
-    from export.onnx_graph import save_model
+    from basics.graph_specs import decoder_step_plain_spec
+    from basics.onnx_files import save_model
+    from export.decoder_step_plain import build_decoder_step_plain
     from runtime.bundle import load_bundle
+    from runtime.bundle_manifest import MANIFEST
     from runtime.tensorrt_plan import current_facts
 
     facts = current_facts()
     bundle = load_bundle(bundle_dir)
-    manifest = bundle.manifest
-    dec = manifest["decoder"]
+    d = bundle.model.decoder
     save_model(build_decoder_step_plain(models.musicgen.decoder), bundle_dir / "decoder_step_plain.onnx")
-    from export.graph_specs import GraphSpec, TensorSpec
-
-    specs = {name: GraphSpec(name, tuple(TensorSpec(i["name"], i["dtype"], tuple(i["shape"]))
-                                          for i in manifest["graphs"][name]["inputs"]), ())
-             for name in TRT_GRAPHS if name != "decoder_step_plain"}
-    specs["decoder_step_plain"] = decoder_step_plain_spec(dec["num_codebooks"], dec["vocab_size"], dec["num_layers"],
-                                                          dec["num_heads"], dec["head_dim"], dec["max_length"])
-    ranges = profile_ranges(specs, manifest)
+    specs = {name: bundle.graph(name).spec(name) for name in TRT_GRAPHS if name != "decoder_step_plain"}
+    specs["decoder_step_plain"] = decoder_step_plain_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads,
+                                                          d.head_dim, d.max_length)
+    ranges = profile_ranges(specs, bundle.model)
     timing_cache = bundle_dir / "tensorrt_timing.cache"
     plans = {}
     for name in TRT_GRAPHS:
@@ -135,6 +135,7 @@ def build_tensorrt_plans(bundle_dir: Path, models, precision: str = "fp16", vers
                        "version_compatible": version_compatible,
                        "profile": {k: [list(s) for s in v] for k, v in ranges[name].items()}}
     section = {"plans": plans, "timing_cache": timing_cache.name}
-    manifest["tensorrt"] = section
-    (bundle_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    data = json.loads((bundle_dir / MANIFEST).read_text())
+    data["tensorrt"] = section
+    (bundle_dir / MANIFEST).write_text(json.dumps(data, indent=2))
     return section

@@ -7,14 +7,11 @@ validated against the modules anyway (``export.validation``).
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
-from export.graph_specs import GraphSpec
+from basics.graph_specs import GraphSpec
 from export.onnx_graph import OPSET
-
-log = logging.getLogger(__name__)
 
 
 def export_module(module, example_inputs: tuple, spec: GraphSpec, path: Path) -> None:
@@ -22,7 +19,7 @@ def export_module(module, example_inputs: tuple, spec: GraphSpec, path: Path) ->
     import onnx
     import torch
 
-    from export.onnx_graph import save_model
+    from basics.onnx_files import save_model
 
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings(), torch.no_grad():
@@ -73,14 +70,3 @@ class ProjectorGraph(_module_base()):
     def forward(self, image_embeds):
         out = self.projector(image_embeds)
         return out.conditioning, out.mask
-
-
-class EncodecDecodeGraph(_module_base()):
-    """audio_codes (B, K, F) -> audio_values (B, 1, F * hop): EnCodec's full decode."""
-
-    def __init__(self, codec) -> None:
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, audio_codes):
-        return self.codec.decode(audio_codes[None], [None]).audio_values

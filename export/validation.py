@@ -82,17 +82,6 @@ def validate_projector(session, projector, clip_dim: int, batch: int = 3, seed: 
     return compare("projector", names, outs, expected)
 
 
-def validate_encodec(session, models, batch: int = 2, frames: int = 23, seed: int = 0) -> list[OutputCheck]:
-    import torch
-
-    from export.torch_export import EncodecDecodeGraph
-
-    codes = np.random.default_rng(seed).integers(0, 2048, (batch, models.num_codebooks, frames)).astype(np.int64)
-    with torch.no_grad():
-        ref = EncodecDecodeGraph(models.musicgen.audio_encoder)(torch.from_numpy(codes)).numpy()
-    return compare("encodec_decode", ["audio_values"], session.run(None, {"audio_codes": codes}), [ref])
-
-
 def validation_conditioning(models, batch: int, cond_len: int, seed: int):
     """Random conditioning for B rows + B null rows (zero states, zero mask), one row padded."""
     rng = np.random.default_rng(seed)

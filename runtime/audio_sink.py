@@ -12,8 +12,8 @@
   underflow counting and degradation behave exactly as with a sound card.
 - :class:`Resampler`: model rate -> device rate with soxr's streaming resampler (no
   seams between chunks).
-- :class:`WavRecorder`: soundfile, flushed every second (the header stays valid) and
-  closed on exit, Ctrl-C or SIGTERM included.
+
+Recording (``--record``) goes through ``runtime.audio_files.WavRecorder``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 
 log = logging.getLogger(__name__)
 
@@ -224,36 +224,3 @@ class Resampler:
         if self._stream is None:
             return audio
         return self._stream.resample_chunk(audio, last=last)
-
-
-class WavRecorder:
-    """Appends mono float32 audio to a WAV file; :meth:`close` finalizes it."""
-
-    def __init__(self, path: str, rate: int, flush_every: float = 1.0) -> None:
-        import soundfile
-
-        try:
-            self.file = soundfile.SoundFile(path, mode="w", samplerate=rate, channels=1, subtype="FLOAT")
-        except (RuntimeError, OSError) as exc:  # soundfile raises LibsndfileError (a RuntimeError)
-            raise Img2MusicError(f"cannot write {path}: {exc}") from None
-        self.path, self.rate = path, rate
-        self.samples = 0
-        self._flush_every = int(flush_every * rate)
-        self._since_flush = 0
-        self._lock = threading.Lock()
-
-    def write(self, audio: np.ndarray) -> None:
-        with self._lock:
-            if self.file.closed:
-                return
-            self.file.write(audio)
-            self.samples += len(audio)
-            self._since_flush += len(audio)
-            if self._since_flush >= self._flush_every:
-                self.file.flush()  # rewrites the header: a killed process still leaves a valid WAV
-                self._since_flush = 0
-
-    def close(self) -> None:
-        with self._lock:
-            if not self.file.closed:
-                self.file.close()

@@ -1,10 +1,12 @@
 """The engine bundle: ``manifest.json`` + graph files, verified before anything runs.
 
 The runtime reads only this directory (no torch, no transformers config). At load it
-checks the schema version, that every listed file exists with the recorded size and
-sha256, and that each ONNX session's inputs and outputs match the recorded specs. A
-corrupt or mismatched bundle is refused with one clear message, never a crash
-mid-performance.
+parses the manifest into typed objects (``runtime.bundle_manifest``), checks the schema
+version, that every graph the runtime runs is listed, and that every listed file
+exists with the recorded size and sha256. When sessions are created, each one's inputs
+and outputs are checked against the recorded specs, and the decoder facts against the
+decoder graph. A corrupt or mismatched bundle is refused with one clear message, never
+a crash mid-performance.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import Img2MusicError
-
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-GRAPHS = ("clip_vision", "projector", "cross_kv", "decoder_step", "encodec_decode", "encodec_stream_front",
-          "encodec_stream_back")
+from basics.errors import Img2MusicError
+from basics.graph_specs import decoder_step_spec
+from basics.model_config import ModelConfig
+from runtime.bundle_manifest import (
+    MANIFEST,
+    READABLE_SCHEMAS,
+    RUNTIME_GRAPHS,
+    BundleManifest,
+    GraphEntry,
+    ManifestError,
+)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -31,40 +38,28 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Bundle:
-    """A verified bundle directory and its manifest."""
+    """A verified bundle directory and its parsed manifest."""
 
     root: Path
     """The bundle directory."""
-    manifest: dict
+    manifest: BundleManifest
     """The parsed ``manifest.json``."""
 
-    def graph_path(self, name: str) -> Path:
-        return self.root / self.manifest["graphs"][name]["file"]
-
-    def graph(self, name: str) -> dict:
-        return self.manifest["graphs"][name]
-
     @property
-    def decoder(self) -> dict:
-        return self.manifest["decoder"]
-
-    @property
-    def audio(self) -> dict:
-        return self.manifest["audio"]
-
-    @property
-    def conditioning(self) -> dict:
-        return self.manifest["conditioning"]
+    def model(self) -> ModelConfig:
+        return self.manifest.model
 
     @property
     def precision(self) -> str:
-        return self.manifest.get("precision", "fp32")
+        return self.manifest.precision
 
-    @property
-    def kv_cache_dtype(self) -> str:
-        return self.manifest.get("kv_cache", {}).get("dtype", "float32")
+    def graph(self, name: str) -> GraphEntry:
+        return self.manifest.graphs[name]
+
+    def graph_path(self, name: str) -> Path:
+        return self.root / self.graph(name).file
 
     def kv_scales(self):
         """The calibrated int8 KV cache scales (layers, 2, H, 64), or None for a float cache.
@@ -72,11 +67,11 @@ class Bundle:
         The scale file names the decoder graph it was calibrated for; any other is refused."""
         import numpy as np
 
-        kv = self.manifest.get("kv_cache", {})
-        if kv.get("dtype", "float32") != "int8":
+        kv = self.manifest.kv_cache
+        if kv.dtype != "int8":
             return None
-        name = kv.get("scales_file")
-        if name not in self.manifest["files"]:
+        name = kv.scales_file
+        if name not in self.manifest.files:
             raise Img2MusicError("int8 KV cache bundle without a listed scale file")
         try:
             with np.load(self.root / name, allow_pickle=False) as data:
@@ -84,8 +79,7 @@ class Bundle:
                 made_for = str(data["decoder_step_sha256"])
         except (OSError, KeyError, ValueError) as exc:
             raise Img2MusicError(f"cannot read KV cache scales {name}: {exc}") from exc
-        decoder_file = self.manifest["graphs"]["decoder_step"]["file"]
-        if made_for != self.manifest["files"][decoder_file]["sha256"]:
+        if made_for != self.manifest.files[self.graph("decoder_step").file].sha256:
             raise Img2MusicError(
                 f"KV cache scales {name} were calibrated for another decoder_step graph; rebuild the bundle"
             )
@@ -101,71 +95,65 @@ def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     if not path.is_file():
         raise Img2MusicError(f"{root} is not an engine bundle: no {MANIFEST} (build one with export/build_engines.py)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Img2MusicError(f"corrupt bundle manifest {path}: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise Img2MusicError(f"corrupt bundle manifest {path}: not a JSON object")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version not in READABLE_SCHEMAS:
         raise Img2MusicError(
-            f"bundle {root} has manifest schema {version!r}; this runtime reads schema {SCHEMA_VERSION}. "
-            "Rebuild the bundle with this version's export/build_engines.py."
+            f"bundle {root} has manifest schema {version!r}; this runtime reads schemas "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}. Rebuild the bundle with this version's export/build_engines.py."
         )
-    for key in ("graphs", "files", "decoder", "audio", "conditioning", "clip"):
-        if key not in manifest:
-            raise Img2MusicError(f"corrupt bundle manifest {path}: missing {key!r}")
-    for name in GRAPHS:
-        graph = manifest["graphs"].get(name)
-        if not isinstance(graph, dict) or graph.get("file") not in manifest["files"]:
+    try:
+        manifest = BundleManifest.from_dict(data)
+    except ManifestError as exc:
+        raise Img2MusicError(f"corrupt bundle manifest {path}: {exc}") from exc
+    for name in RUNTIME_GRAPHS:
+        graph = manifest.graphs.get(name)
+        if graph is None or graph.file not in manifest.files:
             raise Img2MusicError(f"corrupt bundle manifest {path}: graph {name!r} is missing or not listed in files")
-        if graph.get("backend") != "onnxruntime":
-            raise Img2MusicError(f"graph {name} is for backend {graph.get('backend')!r}; this loader runs onnxruntime")
-    for name, entry in manifest["files"].items():
+        if graph.backend != "onnxruntime":
+            raise Img2MusicError(f"graph {name} is for backend {graph.backend!r}; this loader runs onnxruntime")
+    for name, entry in manifest.files.items():
         file = root / name
         if not file.is_file():
             raise Img2MusicError(f"bundle {root} is incomplete: {name} is missing")
         size = file.stat().st_size
-        if size != entry.get("bytes"):
+        if size != entry.bytes:
             raise Img2MusicError(
-                f"bundle file {name} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or replaced)"
+                f"bundle file {name} has {size} bytes, the manifest says {entry.bytes} (truncated or replaced)"
             )
-        if verify_hashes and sha256_file(file) != entry.get("sha256"):
+        if verify_hashes and sha256_file(file) != entry.sha256:
             raise Img2MusicError(f"bundle file {name} does not match its sha256 in the manifest (corrupt or edited)")
     return Bundle(root, manifest)
 
 
 def check_decoder_config(bundle: Bundle, step_session) -> None:
     """The manifest's decoder facts must describe the decoder_step graph actually shipped."""
-    from export.graph_specs import decoder_step_spec
-
-    d = bundle.decoder
+    d = bundle.model.decoder
+    spec = decoder_step_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads, d.head_dim,
+                             kv_cache_dtype=bundle.manifest.kv_cache.dtype)
     try:
-        spec = decoder_step_spec(d["num_codebooks"], d["vocab_size"], d["num_layers"], d["num_heads"], d["head_dim"],
-                                 kv_cache_dtype=bundle.kv_cache_dtype)
-    except (KeyError, TypeError) as exc:
-        raise Img2MusicError(f"corrupt bundle manifest: decoder config incomplete ({exc})") from exc
-    graph = {"inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.inputs],
-             "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in spec.outputs]}
-    try:
-        check_session(step_session, "decoder_step", graph)
+        check_session(step_session, GraphEntry("", "", "", 0, spec.inputs, spec.outputs), "decoder_step")
     except Img2MusicError as exc:
         raise Img2MusicError(f"the manifest's decoder config does not match decoder_step.onnx ({exc})") from exc
 
 
-def check_session(session, graph_name: str, graph: dict) -> None:
+def check_session(session, graph: GraphEntry, graph_name: str) -> None:
     """The session's I/O must be exactly the spec recorded at export (names, dtypes, fixed dims)."""
     type_names = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
-                  "tensor(int8)": "int8"}
-    for kind, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
-        expected = graph.get(kind, [])
-        if [a.name for a in actual] != [e["name"] for e in expected]:
+                  "tensor(int8)": "int8", "tensor(float16)": "float16"}
+    for kind, actual, expected in (("inputs", session.get_inputs(), graph.inputs),
+                                   ("outputs", session.get_outputs(), graph.outputs)):
+        if [a.name for a in actual] != [e.name for e in expected]:
             raise Img2MusicError(f"{graph_name}: graph {kind} do not match the manifest")
         for a, e in zip(actual, expected):
-            fixed_ok = len(a.shape) == len(e["shape"]) and all(
-                isinstance(es, str) or as_ == es for as_, es in zip(a.shape, e["shape"])
+            fixed_ok = len(a.shape) == len(e.shape) and all(
+                isinstance(es, str) or as_ == es for as_, es in zip(a.shape, e.shape)
             )
-            if type_names.get(a.type) != e["dtype"] or not fixed_ok:
+            if type_names.get(a.type) != e.dtype or not fixed_ok:
                 raise Img2MusicError(
-                    f"{graph_name}: {a.name} is {a.type} {a.shape} in the graph, the manifest says {e['dtype']} {e['shape']}"
+                    f"{graph_name}: {a.name} is {a.type} {a.shape} in the graph, "
+                    f"the manifest says {e.dtype} {list(e.shape)}"
                 )
+

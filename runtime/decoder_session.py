@@ -1,167 +1,61 @@
-"""The decoder step on ONNX Runtime with an in-place static KV cache.
+"""The decoder-session interface: what every backend's MusicGen decoder offers the generator.
 
-One OrtValue per layer and kind (key, value) of shape (B2, H, L_max, 64) is bound to
-both ``past_*`` and ``present_*``: GroupQueryAttention then writes only the new row,
-in place, and nothing proportional to the cache length is copied per step. Inputs
-that change per step (codes, positions) live in numpy arrays that the bound
-OrtValues wrap, so a step rebinds nothing. Cross-attention K/V are computed once per
-conditioning by ``cross_kv.onnx`` and stay bound until the conditioning changes.
+A session owns the self-attention KV cache and the cross-attention K/V of one
+conditioning. The generation core (``runtime.generation``) drives it step by step and
+knows nothing of the backend; backends are chosen in one place (``runtime.backends``).
+Implemented today by ``runtime.ort_decoder_session.OrtDecoderSession`` (ONNX Runtime,
+CPU provider, in-place cache). A GPU session (device-resident cache, CUDA graphs)
+implements the same methods.
+
+Rows: B2 = 2B with classifier-free guidance (conditional rows first, then the null
+branch), else B. Positions: the cache holds ``config.max_length`` rows; a step writes
+row ``position`` and advances it.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
 
 import numpy as np
 
-from runtime.errors import Img2MusicError
-
-log = logging.getLogger(__name__)
+from basics.model_config import DecoderConfig
 
 
-@dataclass(frozen=True)
-class DecoderShape:
-    """The decoder facts the runtime needs (from the bundle manifest)."""
+class DecoderSession(ABC):
+    """One decoder with its caches. ``position`` is the number of cached rows."""
 
-    num_layers: int
-    """Decoder layers."""
-    num_heads: int
-    """Attention heads."""
-    head_dim: int
-    """Size of one head (64 for MusicGen)."""
-    num_codebooks: int
-    """K: codebooks emitted per step."""
-    vocab_size: int
-    """Codes per codebook (2048)."""
-    max_length: int
-    """Positions the cache holds (2048, MusicGen's trained maximum)."""
+    config: DecoderConfig
+    """The decoder facts (from the bundle manifest)."""
+    batch: int = 0
+    """Rows (B2) of the current conditioning; 0 before the first."""
+    position: int = 0
+    """Cached positions; the next step writes this row. Benchmarks may set it to time a
+    step at a given cache length (the rows before it then hold whatever is in memory)."""
 
-
-class DecoderSession:
-    """Runs ``decoder_step.onnx`` step by step over a preallocated cache."""
-
-    def __init__(self, step_session, cross_kv_session, shape: DecoderShape, kv_scales: np.ndarray | None = None) -> None:
-        import onnxruntime as ort
-
-        self._ort = ort
-        self.step_session = step_session
-        self.cross_kv_session = cross_kv_session
-        self.shape = shape
-        cache_type = {i.name: i.type for i in step_session.get_inputs()}.get("past_key.0")
-        self.cache_dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8}.get(cache_type)
-        if self.cache_dtype is None:
-            raise Img2MusicError(f"decoder_step has an unsupported KV cache type {cache_type}")
-        quantized = self.cache_dtype == np.int8
-        if quantized != (kv_scales is not None):
-            raise Img2MusicError("an int8 KV cache needs its calibrated scales, and only an int8 cache takes them")
-        if quantized:
-            expected = (shape.num_layers, 2, shape.num_heads, shape.head_dim)
-            if kv_scales.shape != expected or not np.all(np.isfinite(kv_scales)) or not np.all(kv_scales > 0):
-                raise Img2MusicError(
-                    f"KV cache scales must be positive, finite and shaped {expected}; got {kv_scales.shape}"
-                )
-            # (layers, 2, H, 64) -> per layer and kind (1, H, 1, 64), as GroupQueryAttention's k_scale/v_scale.
-            self._scales = {
-                f"{kind}_scale.{i}": np.ascontiguousarray(kv_scales[i, j][None, :, None, :], dtype=np.float32)
-                for i in range(shape.num_layers) for j, kind in enumerate(("k", "v"))
-            }
-        else:
-            self._scales = {}
-        self.batch = 0
-        self.position = 0
-        self._binding = None
-
-    def _allocate(self, batch: int) -> None:
-        """Cache, per-step inputs and the logits buffer for ``batch`` rows; binds them once."""
-        ort, s = self._ort, self.shape
-        cache_shape = (batch, s.num_heads, s.max_length, s.head_dim)
-        binding = self.step_session.io_binding()
-        self._cache = []
-        for i in range(s.num_layers):
-            for kind in ("key", "value"):
-                value = ort.OrtValue.ortvalue_from_shape_and_type(cache_shape, self.cache_dtype)
-                binding.bind_ortvalue_input(f"past_{kind}.{i}", value)
-                binding.bind_ortvalue_output(f"present_{kind}.{i}", value)  # same memory: in place
-                self._cache.append(value)
-        self._ids = np.zeros((batch, s.num_codebooks, 1), dtype=np.int64)
-        self._seqlens = np.zeros((batch,), dtype=np.int32)
-        self._total = np.zeros((), dtype=np.int32)
-        self._logits = np.zeros((batch, s.num_codebooks, s.vocab_size), dtype=np.float32)
-        self._step_values = {
-            "input_ids": ort.OrtValue.ortvalue_from_numpy(self._ids),
-            "seqlens_k": ort.OrtValue.ortvalue_from_numpy(self._seqlens),
-            "total_sequence_length": ort.OrtValue.ortvalue_from_numpy(self._total),
-        }
-        for name, scale in self._scales.items():
-            self._step_values[name] = ort.OrtValue.ortvalue_from_numpy(scale)
-        for name, value in self._step_values.items():
-            binding.bind_ortvalue_input(name, value)
-        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
-        binding.bind_ortvalue_output("logits", self._logits_value)
-        self._binding = binding
-        self.batch = batch
-
+    @abstractmethod
     def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool = True) -> None:
-        """Compute and bind cross-attention K/V for (B2, N, D_t5) conditioning; resets the
-        cache unless ``reset`` is False (live transitions keep the music so far)."""
-        conditioning = np.ascontiguousarray(conditioning, dtype=np.float32)
-        mask = np.ascontiguousarray(mask, dtype=np.int64)
-        if conditioning.ndim != 3 or mask.shape != conditioning.shape[:2]:
-            raise Img2MusicError(f"conditioning {conditioning.shape} and mask {mask.shape} do not fit together")
-        if conditioning.shape[0] != self.batch:
-            if not reset:
-                raise Img2MusicError("a conditioning with another batch size needs a fresh cache")
-            self._allocate(conditioning.shape[0])
-        names = [o.name for o in self.cross_kv_session.get_outputs()]
-        outputs = self.cross_kv_session.run(names, {"conditioning": conditioning, "conditioning_mask": mask})
-        self._cross = {}
-        for name, value in zip(names, outputs):
-            ov = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
-            self._cross[name] = (ov, value)  # keep the numpy buffer alive with its OrtValue
-            self._binding.bind_ortvalue_input(name, ov)
-        if reset:
-            self.reset()
+        """Cross-attention K/V for (B2, N, D_t5) conditioning + (B2, N) mask, computed once and
+        kept until the next call. Starts an empty cache unless ``reset`` is False (a live
+        transition keeps the music so far; the batch must then stay the same)."""
 
-    def reset(self) -> None:
-        """Start a new sequence. Rows past the position are never read, so no clearing."""
-        self.position = 0
-
-    def cache_rows(self, layer: int, kind: str, rows: int) -> np.ndarray:
-        """A copy of the first ``rows`` cached positions of one layer: (B2, H, rows, 64)."""
-        value = self._cache[2 * layer + (0 if kind == "key" else 1)]
-        return value.numpy()[:, :, :rows].copy()
-
+    @abstractmethod
     def step(self, input_ids: np.ndarray) -> np.ndarray:
-        """(B2, K) codes at the current position -> (B2, K, V) logits (a buffer reused next step)."""
-        if self._binding is None:
-            raise Img2MusicError("set_conditioning() must come before step()")
-        if self.position >= self.shape.max_length:
-            raise Img2MusicError(f"the KV cache holds {self.shape.max_length} positions; re-prime a window to go on")
-        self._ids[..., 0] = input_ids
-        self._seqlens[...] = self.position
-        self._total[...] = self.position + 1
-        self.step_session.run_with_iobinding(self._binding)
-        self.position += 1
-        return self._logits
+        """(B2, K) codes at ``position`` -> (B2, K, V) logits; the array may be reused by the
+        next call (copy it to keep it)."""
 
+    @abstractmethod
     def prefill(self, tokens: np.ndarray) -> np.ndarray:
         """(B2, K, S) tokens into an empty cache in one run (positions 0..S-1) -> the last
         token's (B2, K, V) logits. Re-priming a window costs one pass instead of S steps."""
-        if self._binding is None:
-            raise Img2MusicError("set_conditioning() must come before prefill()")
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-        s = tokens.shape[2]
-        if tokens.shape[:2] != self._ids.shape[:2] or not 1 <= s <= self.shape.max_length:
-            raise Img2MusicError(f"prefill takes (B2={self.batch}, K, 1..{self.shape.max_length}) tokens, "
-                                 f"got {tokens.shape}")
-        self.reset()
-        self._binding.bind_ortvalue_input("input_ids", self._ort.OrtValue.ortvalue_from_numpy(tokens))
-        self._seqlens[...] = s - 1
-        self._total[...] = s
-        try:
-            self.step_session.run_with_iobinding(self._binding)
-        finally:
-            self._binding.bind_ortvalue_input("input_ids", self._step_values["input_ids"])
-        self.position = s
-        return self._logits
+
+    @abstractmethod
+    def cache_rows(self, layer: int, kind: str, rows: int) -> np.ndarray:
+        """A host copy of the first ``rows`` cached positions of one layer's 'key' or 'value':
+        (B2, H, rows, 64) (KV calibration and validation read it)."""
+
+    def reset(self) -> None:
+        """Start a new sequence. Rows past the position are never read, so nothing is cleared."""
+        self.position = 0
+
+    def close(self) -> None:
+        """Free the caches; the session is unusable afterwards. Idempotent."""

@@ -1,44 +1,39 @@
 """MusicGen's delay pattern and the arithmetic of steps, frames and samples (numpy).
 
 Codebook k is shifted right by k steps: in a sequence of length L (position 0 is the
-start token), codebook k holds the pad id at positions p <= k and p > L-K+k, and
-real codes in between. Each decoder pass emits one token per codebook, so N passes
-give a sequence of N+1 and, after un-delaying, N+1-K audio frames (N-3 for K=4).
+start token), codebook k holds the pad id at positions p <= k and p > L-K+k (its frame
+p-1-k does not exist), and real codes in between. Each decoder pass emits one token per
+codebook, so N passes give a sequence of N+1 and N+1-K audio frames (N-3 for K=4).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
+
+
+def written_frames(position, num_codebooks: int) -> np.ndarray:
+    """The frame codebook k writes at sequence position p (0 is the start token): p - 1 - k.
+    A position -> (K,); an array of L positions -> (K, L)."""
+    books = np.arange(num_codebooks)
+    if np.isscalar(position):
+        return position - 1 - books
+    return np.asarray(position)[None, :] - 1 - books[:, None]
+
+
+def is_padding(frames: np.ndarray, total: float) -> np.ndarray:
+    """Where the delay pattern forces the pad id: frames before the first (the start of the
+    pattern) or at/after ``total`` (the end of a fixed-length piece; ``math.inf`` when endless)."""
+    return (frames < 0) | (frames >= total)
 
 
 def delay_pattern_mask(num_codebooks: int, length: int, pad_id: int) -> np.ndarray:
-    """(K, L) int64: ``pad_id`` where the delay pattern forces a pad, -1 where a code goes.
-
-    Same values as transformers' ``build_delay_pattern_mask`` for an empty prompt.
-    """
-    pos = np.arange(length)[None, :]  # (1, L)
-    k = np.arange(num_codebooks)[:, None]  # (K, 1)
-    forced = (pos <= k) | (pos > length - num_codebooks + k)
-    return np.where(forced, pad_id, -1).astype(np.int64)
-
-
-def apply_delay_pattern(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Overwrite forced positions of (..., K, T) tokens with the pad id (T <= L)."""
-    t = tokens.shape[-1]
-    return np.where(mask[..., :t] == -1, tokens, mask[..., :t])
-
-
-def undelay(sequence: np.ndarray, num_codebooks: int) -> np.ndarray:
-    """(B, K, L) delayed sequence (with start token) -> (B, K, L-K) aligned audio codes."""
-    b, k, length = sequence.shape
-    if k != num_codebooks:
-        raise ValueError(f"expected {num_codebooks} codebooks, got {k}")
-    frames = length - num_codebooks
-    if frames < 1:
-        return np.zeros((b, k, 0), dtype=sequence.dtype)
-    return np.stack([sequence[:, i, i + 1 : i + 1 + frames] for i in range(k)], axis=1)
+    """(K, L) int64: ``pad_id`` where the delay pattern forces a pad, -1 where a code goes, for a
+    sequence of length L (L - K frames). Same values as transformers' ``build_delay_pattern_mask``
+    for an empty prompt; the generation core applies the same rule step by step."""
+    frames = written_frames(np.arange(length), num_codebooks)  # (K, L)
+    return np.where(is_padding(frames, length - num_codebooks), pad_id, -1).astype(np.int64)
 
 
 MIN_FRAMES = 4

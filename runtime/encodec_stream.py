@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 
 CONV_HALF_KERNEL = 3
 """Frames the first convolution reads on each side (kernel 7)."""

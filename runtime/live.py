@@ -18,7 +18,6 @@ the current directive; ``--metrics FILE`` appends the same as JSON lines every s
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -28,13 +27,11 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python runtime/live.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.errors import Img2MusicError, run_cli, setup_logging
 from runtime.cli_types import non_negative, positive
-from runtime.errors import Img2MusicError, run_cli, setup_logging
 from runtime.live_engine import LiveConfig
 from runtime.sampling import SamplingConfig
 from runtime.scene import SceneConfig
-
-log = logging.getLogger("live")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +137,8 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
              engine_hook=None) -> str:
     """One live session; returns the summary line. ``engine_hook(engine)`` runs before the
     start (tests use it to slow the generator or stop it from another thread)."""
-    from runtime.audio_sink import ClockSink, RingBuffer, SoundDeviceSink, WavRecorder, device_rate
+    from runtime.audio_files import WavRecorder
+    from runtime.audio_sink import ClockSink, RingBuffer, SoundDeviceSink, device_rate
     from runtime.live_engine import LiveEngine
     from runtime.live_status import StatusReporter
     from runtime.onnx_pipeline import OnnxPipeline
@@ -199,5 +197,10 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (img2music-live)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

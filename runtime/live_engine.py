@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from basics.errors import Img2MusicError
 from runtime.audio_sink import Resampler
-from runtime.endless import EndlessGenerator
-from runtime.errors import Img2MusicError
+from runtime.generation import Windowing
 from runtime.live_sources import FrameSource, SourceThread
+from runtime.onnx_pipeline import Conditioning
 from runtime.playout import Playout
 from runtime.preprocess import preprocess_images
 from runtime.sampling import SamplingConfig
@@ -95,16 +96,12 @@ class LiveEngine:
         self.source = SourceThread(source, stale_after=config.stale_after)
         self.tracker = SceneTracker(config.scene)
         self.gate = FrameGate(config.scene)
-        rate, k = pipeline.frame_rate, pipeline.num_codebooks
-        max_frames = pipeline.decoder.shape.max_length - k
-        window = max(8, min(int(config.window_seconds * rate), max_frames))
-        keep = max(1, min(int(config.keep_seconds * rate), window // 2))
-        self.endless = EndlessGenerator(pipeline.decoder, pad_id=int(pipeline.bundle.decoder["pad_token_id"]),
-                                        window_frames=window, keep_frames=keep)
-        self.stream = pipeline.stream_decoder(1)
+        self.window = Windowing.from_seconds(config.window_seconds, config.keep_seconds, pipeline.frame_rate,
+                                             pipeline.bundle.model.decoder.max_frames)
+        self.stream = None  # the MusicStream, once the first scene is known
         self.resampler = Resampler(pipeline.sample_rate, out_rate)
         self.ratio = out_rate / pipeline.sample_rate
-        self.hop = int(pipeline.bundle.audio["hop_length"])
+        self.hop = pipeline.bundle.model.audio.hop_length
         self.stop_event = threading.Event()
         self._scene_lock = threading.Lock()
         self._pending: Scene | None = None
@@ -177,19 +174,20 @@ class LiveEngine:
         stage += 1
         cond, mask = blend(old, new, stage / stages)
         if self.config.transition_mode == "reprime":
-            self.endless.swap_conditioning(cond, mask)
+            self.stream.swap_conditioning(cond, mask)
         else:
-            self.endless.blend_conditioning(cond, mask)
+            self.stream.blend_conditioning(cond, mask)
         self._applied = (cond, mask)
         self._transition = None if stage >= stages else (old, new, stage, stages)
 
     def _target(self) -> float:
         """Buffer target, raised ahead of a window re-prime so its prefill is hidden."""
         target = self.config.buffer_seconds
-        if self.endless.frames_until_reprime <= 2 * self.config.chunk_frames:
-            estimate = self.endless.last_reprime_seconds
+        generator = self.stream.generator
+        if generator.frames_until_reprime <= 2 * self.config.chunk_frames:
+            estimate = generator.last_reprime_seconds
             if estimate is None:  # not measured yet: a prefill runs ~5x faster than steps
-                estimate = 0.2 * self.endless.keep_frames * self._step_seconds
+                estimate = 0.2 * self.window.keep_frames * self._step_seconds
             target += 1.25 * estimate
         return target
 
@@ -206,7 +204,8 @@ class LiveEngine:
         try:
             first = self.wait_for_first_scene()
             self.scene, self._applied = first, (first.conditioning, first.mask)
-            self.endless.start(first.conditioning, first.mask, c.sampling.uses_guidance, seed=c.sampling.seed)
+            self.stream = self.pipeline.stream(conditioning=Conditioning(first.conditioning, first.mask),
+                                               sampling=c.sampling, chunk_frames=c.chunk_frames, window=self.window)
             total = None if c.duration is None else int(round(c.duration * self.pipeline.sample_rate))
             while not self.stop_event.is_set():
                 if total is not None and self.music_samples >= total:
@@ -229,8 +228,7 @@ class LiveEngine:
 
     def _generate(self, frames: int, total: int | None) -> None:
         start = time.perf_counter()
-        codes = self.endless.next_frames(frames, self.config.sampling)  # (1, K, frames)
-        audio = self.stream.push(codes)[0]
+        audio = self.stream.next_chunk(frames).audio[0]
         self.frames_done += frames
         self._submit(audio, total)
         took = time.perf_counter() - start

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def snapshot(engine, sink, started: float) -> dict:
         "embeds": engine.gate.passed,
         "embeds_skipped": engine.gate.skipped,
         "directive": scene.directive if scene is not None else None,
-        "reprimes": engine.endless.reprimes,
+        "reprimes": engine.stream.generator.reprimes if engine.stream is not None else 0,
         "degrade_level": p.level,
         "degrade_shorter": p.counts.shorter,
         "degrade_repeats": p.counts.repeats,

@@ -1,78 +1,86 @@
-"""The exported pipeline on ONNX Runtime + numpy: images -> WAV-ready audio, no torch.
+"""The exported pipeline on ONNX Runtime + numpy: images -> audio, streamed, no torch.
 
-Stages: preprocessing (numpy + Pillow) -> clip_vision -> projector -> cross_kv
-(once per conditioning) -> decoder_step loop (runtime.generator) -> encodec_decode.
-Everything comes from a verified bundle (runtime.bundle).
+Stages: preprocessing (numpy + Pillow) -> clip_vision -> projector -> cross_kv (once
+per conditioning) -> decoder steps (``runtime.generation``, the one core) -> exact
+streaming EnCodec (``runtime.encodec_stream``). Everything comes from a verified
+bundle (``runtime.bundle``); the sessions from ``runtime.backends``.
+
+Usage::
+
+    pipeline = OnnxPipeline.load("engines/small")
+    stream = pipeline.stream([Image.open("photo.jpg")], seconds=10)
+    for chunk in stream:            # an AudioChunk per second of music, as it is made
+        play(chunk.audio[0])
+    result = pipeline([image], 10)  # or everything at once (GenerationResult)
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from runtime.bundle import GRAPHS, Bundle, check_decoder_config, check_session, load_bundle
-from runtime.decoder_session import DecoderSession, DecoderShape
+from runtime.backends import SessionOptions, open_sessions
+from runtime.bundle import Bundle, load_bundle
 from runtime.delay_pattern import check_frames, frames_for_seconds
 from runtime.encodec_stream import EncodecStreamDecoder, onnx_stream_functions
-from runtime.generator import MusicGenerator
-from runtime.onnx_session import create_session
-from runtime.preprocess import ClipImageConfig, ImageLike, preprocess_images
+from runtime.generation import CodeGenerator, Windowing
+from runtime.music_stream import MusicStream
+from runtime.preprocess import ImageLike, preprocess_images
 from runtime.result import GenerationResult
 from runtime.sampling import SamplingConfig
 from runtime.timing import StageTimer
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class Conditioning:
+    """What the projector made of a batch of images."""
+
+    conditioning: np.ndarray
+    """(B, N, D_t5) float32 conditioning tokens."""
+    mask: np.ndarray
+    """(B, N) int64 attention mask."""
+    directives: list[str] | None = None
+    """The prompt-bank directive chosen per image (None for a trained projector)."""
 
 
 class OnnxPipeline:
-    """Sessions for every stage of a bundle, loaded once and reused across calls."""
+    """Sessions for every stage of a bundle, loaded once and reused across calls.
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None,
-                 spinning: bool = True) -> None:
+    One decoder cache per pipeline: starting a stream ends the previous one."""
+
+    def __init__(self, bundle: Bundle, options: SessionOptions = SessionOptions()) -> None:
         self.bundle = bundle
-        sessions = {}
-        for name in GRAPHS:
-            session = create_session(bundle.graph_path(name), threads=threads, providers=providers, spinning=spinning)
-            check_session(session, name, bundle.graph(name))
-            sessions[name] = session
-        self.sessions = sessions
-        check_decoder_config(bundle, sessions["decoder_step"])
-        d = bundle.decoder
-        self.decoder = DecoderSession(
-            sessions["decoder_step"], sessions["cross_kv"],
-            DecoderShape(d["num_layers"], d["num_heads"], d["head_dim"], d["num_codebooks"], d["vocab_size"],
-                         d["max_length"]),
-            kv_scales=bundle.kv_scales(),
-        )
-        self.generator = MusicGenerator(self.decoder, pad_id=d["pad_token_id"])
-        image = dict(bundle.manifest["clip"]["image"])
-        image["image_mean"], image["image_std"] = tuple(image["image_mean"]), tuple(image["image_std"])
-        self.image_config = ClipImageConfig(**image)
-        self.directives = bundle.conditioning.get("directives")
+        sessions = open_sessions(bundle, options)
+        self.sessions = sessions.graphs
+        self.decoder = sessions.decoder
+        self.generator = CodeGenerator(self.decoder)
+        model = bundle.model
+        self.image_config = model.clip.image
+        self.directives = model.conditioning.directives
 
     @classmethod
     def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,
-             providers: list[str] | None = None, spinning: bool = True) -> "OnnxPipeline":
-        """``providers``: onnxruntime execution providers (default CPU). The KV cache lives in
-        host memory, so other providers run but copy it per step: the GPU path proper is
-        the TensorRT backend. ``spinning=False`` when other threads need the cores (live)."""
-        return cls(load_bundle(root, verify_hashes=verify_hashes), threads=threads, providers=providers,
-                   spinning=spinning)
+             providers: Sequence[str] | None = None, spinning: bool = True) -> "OnnxPipeline":
+        """``providers``: onnxruntime execution providers (default CPU; runtime.backends says what
+        others do). ``spinning=False`` when other threads need the cores (live)."""
+        options = SessionOptions(threads=threads, spinning=spinning,
+                                 **({"providers": tuple(providers)} if providers else {}))
+        return cls(load_bundle(root, verify_hashes=verify_hashes), options)
 
     @property
     def sample_rate(self) -> int:
-        return int(self.bundle.audio["sample_rate"])
+        return self.bundle.model.audio.sample_rate
 
     @property
     def frame_rate(self) -> int:
-        return int(self.bundle.audio["frame_rate"])
+        return self.bundle.model.audio.frame_rate
 
     @property
     def num_codebooks(self) -> int:
-        return int(self.bundle.decoder["num_codebooks"])
+        return self.bundle.model.decoder.num_codebooks
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) -> (B, D_clip)."""
@@ -86,38 +94,54 @@ class OnnxPipeline:
             directives = [self.directives[int(i)] for i in outs[2]]
         return outs[0], outs[1], directives
 
-    def decode_audio(self, codes: np.ndarray) -> np.ndarray:
-        """(B, K, F) -> (B, F * hop) float32."""
-        check_frames(codes.shape[-1], self.frame_rate)
-        return self.sessions["encodec_decode"].run(None, {"audio_codes": codes.astype(np.int64)})[0][:, 0]
-
-    def stream_decoder(self, batch: int) -> EncodecStreamDecoder:
-        """A fresh exact streaming EnCodec decoder for ``batch`` streams."""
-        s = self.bundle.manifest["encodec_stream"]
-        front, back = onnx_stream_functions(self.sessions["encodec_stream_front"], self.sessions["encodec_stream_back"])
-        return EncodecStreamDecoder(front, back, (s["lstm_layers"], batch, s["lstm_channels"]),
-                                    int(self.bundle.audio["hop_length"]))
-
-    def __call__(
-        self,
-        images: Sequence[ImageLike],
-        seconds: float,
-        sampling: SamplingConfig | None = None,
-        on_step: Callable[[], None] | None = None,
-    ) -> GenerationResult:
-        sampling = sampling or SamplingConfig()
-        timer = StageTimer()
-        frames = frames_for_seconds(seconds, self.frame_rate)
+    def condition(self, images: Sequence[ImageLike], timer: StageTimer | None = None) -> Conditioning:
+        """Images -> the projector's conditioning (preprocess, CLIP, projector)."""
+        timer = timer or StageTimer()
         with timer.stage("preprocess"):
             pixels = preprocess_images(images, self.image_config)
         with timer.stage("clip"):
             image_embeds = self.embed_images(pixels)
         with timer.stage("projector"):
-            cond, mask, directives = self.project(image_embeds)
+            return Conditioning(*self.project(image_embeds))
+
+    def stream_decoder(self, batch: int) -> EncodecStreamDecoder:
+        """A fresh exact streaming EnCodec decoder for ``batch`` streams."""
+        s = self.bundle.model.encodec_stream
+        front, back = onnx_stream_functions(self.sessions["encodec_stream_front"], self.sessions["encodec_stream_back"])
+        return EncodecStreamDecoder(front, back, (s.lstm_layers, batch, s.lstm_channels),
+                                    self.bundle.model.audio.hop_length)
+
+    def decode_audio(self, codes: np.ndarray) -> np.ndarray:
+        """(B, K, F) whole-piece codes -> (B, F * hop) float32, through the streaming decoder."""
+        check_frames(codes.shape[-1], self.frame_rate)
+        decoder = self.stream_decoder(codes.shape[0])
+        return np.concatenate([decoder.push(codes), decoder.flush()], axis=1)
+
+    def stream(self, images: Sequence[ImageLike] | None = None, seconds: float | None = None,
+               sampling: SamplingConfig | None = None, *, conditioning: Conditioning | None = None,
+               chunk_frames: int = 50, window: Windowing | None = None,
+               timer: StageTimer | None = None) -> MusicStream:
+        """Music for ``images`` (or a given ``conditioning``) as a :class:`MusicStream`:
+        ``seconds`` long, or endless with None. ``window`` sets how generation goes past
+        MusicGen's trained 30 s (default: 30 s windows, the last 12 s primes the next);
+        ``timer`` collects the stages' seconds (the stream's ``timer``)."""
+        sampling = sampling or SamplingConfig()
+        timer = timer if timer is not None else StageTimer()
+        frames = None if seconds is None else frames_for_seconds(seconds, self.frame_rate)
+        if conditioning is None:
+            if images is None:
+                raise ValueError("give images or a conditioning")
+            conditioning = self.condition(images, timer)
         with timer.stage("cross_kv"):
-            self.generator.set_conditioning(cond, mask, sampling.uses_guidance)
-        with timer.stage("decoder"):
-            codes = self.generator.generate(frames, sampling, on_step)
-        with timer.stage("encodec"):
-            audio = self.decode_audio(codes)
-        return GenerationResult(audio, self.sample_rate, codes, directives, timer)
+            self.generator.start(conditioning.conditioning, conditioning.mask, sampling, frames=frames, window=window)
+        return MusicStream(self.generator, self.stream_decoder(conditioning.conditioning.shape[0]), sampling,
+                           chunk_frames=chunk_frames, directives=conditioning.directives, timer=timer)
+
+    def __call__(self, images: Sequence[ImageLike], seconds: float,
+                 sampling: SamplingConfig | None = None) -> GenerationResult:
+        """A whole piece at once: the stream's chunks joined."""
+        stream = self.stream(images, seconds, sampling)
+        chunks = list(stream)
+        audio = np.concatenate([c.audio for c in chunks], axis=1)  # (B, F * hop)
+        codes = np.concatenate([c.codes for c in chunks], axis=2)  # (B, K, F)
+        return GenerationResult(audio, self.sample_rate, codes, stream.directives, stream.timer)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-from runtime.errors import Img2MusicError
-
-log = logging.getLogger(__name__)
+from basics.errors import Img2MusicError
 
 
 def default_threads() -> int:

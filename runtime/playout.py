@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.audio_sink import RingBuffer, WavRecorder
+from runtime.audio_files import WavRecorder
+from runtime.audio_sink import RingBuffer
 
 log = logging.getLogger(__name__)
 

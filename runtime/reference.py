@@ -14,20 +14,17 @@ text path with only the encoder's output changed.
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from basics.errors import Img2MusicError
 from runtime.delay_pattern import check_frames, frames_for_seconds
-from runtime.errors import Img2MusicError
 from runtime.preprocess import ImageLike, preprocess_images
 from runtime.result import GenerationResult
 from runtime.sampling import SamplingConfig
 from runtime.timing import StageTimer
-
-log = logging.getLogger(__name__)
 
 
 class ReferencePipeline:
@@ -39,8 +36,7 @@ class ReferencePipeline:
         self.torch = torch
         self.models = models
         if projector is None:
-            from training.projector import PromptBankProjector
-            from training.prompt_bank import build_prompt_bank
+            from basics.prompt_bank import PromptBankProjector, build_prompt_bank
 
             projector = PromptBankProjector(build_prompt_bank(models))
         self.projector = projector

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 
 
 @dataclass

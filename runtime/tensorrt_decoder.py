@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 
 
 def _check(result):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 
 log = logging.getLogger(__name__)
 

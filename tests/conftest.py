@@ -40,7 +40,7 @@ def photo_files(tmp_path_factory, photos) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_models():
-    from export.models import build_preset
+    from basics.models import build_preset
 
     return build_preset("tiny", seed=0)
 
@@ -55,7 +55,7 @@ def tiny_pipeline(tiny_models):
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dirs(tmp_path_factory, tiny_models):
     """The tiny preset saved as ordinary checkpoint directories (musicgen/, clip/)."""
-    from export.models import save_models
+    from basics.models import save_models
 
     mg, clip = save_models(tiny_models, tmp_path_factory.mktemp("tiny-checkpoints"))
     return str(mg), str(clip)
@@ -68,7 +68,7 @@ def max_abs(a, b) -> float:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_models):
     """The tiny preset exported as an engine bundle (validated during the build)."""
-    from export.build_engines import build_bundle
+    from export.bundle_build import build_bundle
 
     root = tmp_path_factory.mktemp("bundles") / "tiny"
     lines = []
@@ -94,7 +94,7 @@ def quick_quantization(precision: str):
 
 @pytest.fixture(scope="session", params=["int8", "int4"])
 def tiny_quantized_bundle(request, tmp_path_factory, tiny_models):
-    from export.build_engines import build_bundle
+    from export.bundle_build import build_bundle
 
     root = tmp_path_factory.mktemp("bundles") / f"tiny-{request.param}"
     build_bundle(root, tiny_models, report=lambda line: None, quantization=quick_quantization(request.param))

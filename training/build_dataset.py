@@ -34,11 +34,11 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from export.presets import PRESETS
-from runtime.errors import Img2MusicError, run_cli, setup_logging
+from basics.errors import Img2MusicError, run_cli, setup_logging
+from basics.presets import PRESETS
 from training.text_models import DEFAULT_CAPTIONER, DEFAULT_LLM, PROMPTS
 
-log = logging.getLogger("build_dataset")
+log = logging.getLogger(__name__)
 
 
 class BatchLimit(Exception):
@@ -82,8 +82,8 @@ class BuildConfig:
 
 
 class Builder:
-    def __init__(self, config: BuildConfig, report: Callable[[str], None] = print) -> None:
-        self.c, self.report = config, report
+    def __init__(self, config: BuildConfig, report: Callable[[str], None] | None = None) -> None:
+        self.c, self.report = config, report or log.info
         self.root = Path(config.out)
         self.batches_run = 0
         self._models = self._captioner = self._llm = None
@@ -92,7 +92,7 @@ class Builder:
     @property
     def models(self):
         if self._models is None:
-            from export.models import load_models
+            from basics.models import load_models
 
             self._models = load_models(self.c.preset, self.c.musicgen, self.c.clip)
             self._models.musicgen.to(self.c.device)
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1 or args.t5_tokens < 1 or args.audio_seconds <= 0 or args.generate_codes < 0:
         raise Img2MusicError("--batch-size, --t5-tokens and --audio-seconds must be positive, --generate-codes >= 0")
     config = BuildConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
-    builder = Builder(config)
+    builder = Builder(config, report=print)
     try:
         builder.build()
     except (BatchLimit, KeyboardInterrupt):
@@ -297,5 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (img2music-dataset)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 FIELDS = ("image", "audio", "text", "emotion", "genre")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,9 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from runtime.errors import Img2MusicError, run_cli, setup_logging
+from basics.errors import Img2MusicError, run_cli, setup_logging
+
+log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str):
@@ -81,9 +84,12 @@ def _row(name: str, model, state: dict, data: str, split: str) -> dict:
             "epochs": state["epoch"], **evaluate_model(model, data, split, c["num_tokens"])}
 
 
-def run_ablations(data: str, configs: list[str], runs: str, epochs: int | None, split: str, report=print) -> list[dict]:
-    from training.train import Trainer, TrainConfig
+def run_ablations(data: str, configs: list[str], runs: str, epochs: int | None, split: str,
+                  report=None) -> list[dict]:
+    """Train (or resume) every ablation config and evaluate it; ``report`` gets progress (default: the log)."""
+    from training.train import TrainConfig, Trainer
 
+    report = report or log.info
     rows = []
     for i, path in enumerate(configs):
         p = Path(path)
@@ -126,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, state = load_checkpoint(ckpt)
         rows.append(_row(Path(ckpt).parent.name + "/" + Path(ckpt).name, model, state, args.data, args.split))
     if args.ablations:
-        rows += run_ablations(args.data, args.ablations, args.runs, args.epochs, args.split)
+        rows += run_ablations(args.data, args.ablations, args.runs, args.epochs, args.split, report=print)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
@@ -137,5 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (img2music-evaluate)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -8,32 +8,18 @@ maps it to the decoder width, so one projector serves every MusicGen size.
 - :class:`TransformerProjector`: the thesis' Study I network, ViT-style: the embedding
   is expanded into N tokens (+ learned positions) and refined by a small transformer
   encoder before the output projection.
-- :class:`PromptBankProjector`: zero-shot, no training; picks the directive whose CLIP
-  text embedding best matches the image and returns that directive's T5 encoding.
+
+The zero-shot alternative (no training) is ``basics.prompt_bank.PromptBankProjector``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from runtime.prompt_bank import PromptBank
-
-
-@dataclass
-class ProjectorOutput:
-    """Conditioning for MusicGen's cross-attention, in T5 space."""
-
-    conditioning: torch.Tensor
-    """(B, N, D_t5) float conditioning tokens (zero where the mask is 0)."""
-    mask: torch.Tensor
-    """(B, N) int64 attention mask."""
-    directives: list[str] | None = None
-    """The chosen directive per image (prompt bank only)."""
-    scores: list[float] | None = field(default=None)
-    """Image-directive cosine similarity per image (prompt bank only)."""
+from basics.prompt_bank import ProjectorOutput
 
 
 @dataclass
@@ -127,17 +113,3 @@ def build_projector(kind: str, **config) -> nn.Module:
     return cls(config_cls(**config))
 
 
-class PromptBankProjector:
-    """Zero-shot projector over a :class:`runtime.prompt_bank.PromptBank`."""
-
-    def __init__(self, bank: PromptBank) -> None:
-        self.bank = bank
-
-    def __call__(self, image_embeds: torch.Tensor) -> ProjectorOutput:
-        sel = self.bank.select(image_embeds.detach().float().cpu().numpy())
-        return ProjectorOutput(
-            conditioning=torch.from_numpy(sel.conditioning),
-            mask=torch.from_numpy(sel.mask),
-            directives=sel.directives,
-            scores=[float(s) for s in sel.scores],
-        )

@@ -9,14 +9,11 @@ path of the dataset builder runs in tests without a hub. Their text is gibberish
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from export.models import _from_pretrained
-from training.prompt_bank import load_directives
-
-log = logging.getLogger(__name__)
+from basics.models import from_pretrained
+from basics.prompt_bank import load_directives
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
 DEFAULT_LLM = "meta-llama/Llama-3.1-8B-Instruct"
@@ -100,8 +97,7 @@ def _tiny_tokenizer(extra_specials: list[str]):
 def tiny_captioner(seed: int = 0) -> Captioner:
     """BLIP-2 (ViT + Q-Former + OPT) at toy size, random weights."""
     import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
-                              OPTConfig)
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, OPTConfig
 
     tokenizer = _tiny_tokenizer(["<image>"])
     image_token = tokenizer.convert_tokens_to_ids("<image>")
@@ -143,9 +139,9 @@ def load_captioner(name: str, device: str = "cpu") -> Captioner:
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     dtype = _dtype(device)
-    model = _from_pretrained("captioner", name, lambda n, **kw: Blip2ForConditionalGeneration.from_pretrained(
+    model = from_pretrained("captioner", name, lambda n, **kw: Blip2ForConditionalGeneration.from_pretrained(
         n, dtype=dtype, **kw)).to(device).eval()
-    processor = _from_pretrained("captioner processor", name, Blip2Processor.from_pretrained)
+    processor = from_pretrained("captioner processor", name, Blip2Processor.from_pretrained)
     return Captioner(model, processor, int(model.config.vision_config.image_size))
 
 
@@ -155,9 +151,9 @@ def load_llm(name: str, prompt: str = "thesis", device: str = "cpu") -> Directiv
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = _dtype(device)
-    model = _from_pretrained("LLM", name, lambda n, **kw: AutoModelForCausalLM.from_pretrained(
+    model = from_pretrained("LLM", name, lambda n, **kw: AutoModelForCausalLM.from_pretrained(
         n, dtype=dtype, **kw)).to(device).eval()
-    tokenizer = _from_pretrained("LLM tokenizer", name, AutoTokenizer.from_pretrained)
+    tokenizer = from_pretrained("LLM tokenizer", name, AutoTokenizer.from_pretrained)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return DirectiveWriter(model, tokenizer, prompt)

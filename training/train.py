@@ -28,9 +28,9 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from runtime.errors import Img2MusicError, run_cli, setup_logging
+from basics.errors import Img2MusicError, run_cli, setup_logging
 
-log = logging.getLogger("train")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,13 +127,13 @@ def make_projector(config: TrainConfig, clip_dim: int, cond_dim: int):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, report=print) -> None:
+    def __init__(self, config: TrainConfig, report=None) -> None:
         import torch
 
         from training.dataset_store import load_index
         from training.losses import ConditioningDiscriminator
 
-        self.c, self.report, self.torch = config, report, torch
+        self.c, self.report, self.torch = config, report or log.info, torch
         self.info, _ = load_index(Path(config.data))
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ class Trainer:
         self.epoch, self.best, self.bad_epochs, self.history = 0, float("inf"), 0, []
 
     def _load_musicgen(self):
-        from export.models import load_models
+        from basics.models import load_models
         from training.losses import MusicgenTerms
 
         preset = self.c.preset or (None if self.c.musicgen else self.info.get("preset"))
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(args)
     if config.batch_size < 1 or config.epochs < 1 or config.num_tokens < 1:
         raise Img2MusicError("--batch-size, --epochs and --num-tokens must be positive")
-    trainer = Trainer(config)
+    trainer = Trainer(config, report=print)
     if args.resume:
         trainer.resume()
     result = trainer.fit()
@@ -374,5 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (img2music-train)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -74,3 +75,24 @@ def test_bad_arguments_fail_cleanly(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--bundle", str(tmp_path),
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode != 0 and "not an engine bundle" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("target, args, why", [("os:_exit", (3,), "exit code 3"),
+                                               ("os:abort", (), "killed by signal 6")])
+def test_a_child_that_dies_fails_the_suite_instead_of_hanging(target, args, why):
+    from basics.errors import Img2MusicError
+    from benchmarks.run import run_isolated
+
+    outcome = []
+
+    def run():
+        try:
+            run_isolated(target, *args)
+        except Img2MusicError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)  # the old suite waited on the child's queue forever
+    assert not thread.is_alive(), "run_isolated hangs on a dead child"
+    assert outcome and f"died without a result ({why}" in outcome[0], outcome

@@ -6,27 +6,27 @@ import shutil
 import numpy as np
 import pytest
 
+from basics.errors import Img2MusicError
 from calibration.accuracy import THRESHOLDS, teacher_forced
 from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
 from calibration.quantize import int8_kv_cache
 from runtime.bundle import load_bundle
-from runtime.decoder_session import DecoderSession
-from runtime.errors import Img2MusicError
-from runtime.generator import MusicGenerator
+from runtime.generation import CodeGenerator
 from runtime.onnx_pipeline import OnnxPipeline
 from runtime.onnx_session import create_session
+from runtime.ort_decoder_session import OrtDecoderSession
 from runtime.sampling import SamplingConfig
 
 
 def test_quantized_bundle_builds_loads_and_generates(tiny_quantized_bundle, photos):
     bundle = load_bundle(tiny_quantized_bundle)
     m = bundle.manifest
-    precision = m["precision"]
+    precision = m.precision
     assert precision in ("int8", "int4")
-    assert m["kv_cache"]["dtype"] == "int8" and m["kv_cache"]["scales_file"] in m["files"]
-    assert m["graphs"]["decoder_step"]["precision"] == precision
-    assert m["quantization"]["graphs"]["decoder_step"]["bits"] == {"int8": 8, "int4": 4}[precision]
-    assert m["calibration"]["seed"] == 0 and m["calibration"]["num_images"] == 18
+    assert m.kv_cache.dtype == "int8" and m.kv_cache.scales_file in m.files
+    assert m.graphs["decoder_step"].precision == precision
+    assert m.provenance.quantization["graphs"]["decoder_step"]["bits"] == {"int8": 8, "int4": 4}[precision]
+    assert m.provenance.calibration["seed"] == 0 and m.provenance.calibration["num_images"] == 18
     ops = {n.op_type for n in __import__("onnx").load(str(tiny_quantized_bundle / "decoder_step.onnx")).graph.node}
     assert "MatMulNBits" in ops
     pipeline = OnnxPipeline.load(tiny_quantized_bundle)  # no extra flag: the bundle knows its precision
@@ -48,13 +48,8 @@ def test_accuracy_report_is_sane(tiny_quantized_bundle):
     assert tf["kl_mean"] <= THRESHOLDS[report["precision"]].kl_max
     md = (tiny_quantized_bundle / "accuracy_report.md").read_text()
     assert "teacher-forced top-1 agreement" in md and "PASS" in md
-    summary = load_bundle(tiny_quantized_bundle).manifest["accuracy"]
+    summary = load_bundle(tiny_quantized_bundle).manifest.provenance.accuracy
     assert summary["passed"] and summary["teacher_forced_agreement"] == tf["agreement"]
-
-
-@pytest.fixture(scope="module")
-def fp32_decoder(tiny_onnx):
-    return tiny_onnx.decoder
 
 
 def calibration_inputs(tiny_pipeline):
@@ -64,14 +59,14 @@ def calibration_inputs(tiny_pipeline):
 
 def test_calibration_is_deterministic(tiny_onnx, tiny_pipeline):
     cond, mask = calibration_inputs(tiny_pipeline)
-    gen = MusicGenerator(tiny_onnx.decoder, 2048)
+    gen = tiny_onnx.generator
     config = KvCalibrationConfig(steps=60, batch=2, seed=4)
-    a = calibrate_kv_scales(tiny_onnx.decoder, gen, cond, mask, config, {"images": "test"})
-    b = calibrate_kv_scales(tiny_onnx.decoder, gen, cond, mask, config, {"images": "test"})
+    a = calibrate_kv_scales(gen, cond, mask, config, {"images": "test"})
+    b = calibrate_kv_scales(gen, cond, mask, config, {"images": "test"})
     np.testing.assert_array_equal(a.scales, b.scales)
     assert a.scales.shape == (2, 2, 4, 16) and np.all(a.scales > 0)
     assert a.provenance["seed"] == 4 and a.provenance["conditionings"] == 3
-    c = calibrate_kv_scales(tiny_onnx.decoder, gen, cond, mask, KvCalibrationConfig(steps=60, batch=2, seed=5), {})
+    c = calibrate_kv_scales(gen, cond, mask, KvCalibrationConfig(steps=60, batch=2, seed=5), {})
     assert not np.array_equal(a.scales, c.scales)
 
 
@@ -80,23 +75,21 @@ def test_int8_kv_cache_alone_keeps_tokens(tiny_bundle, tiny_onnx, tiny_pipeline,
     import onnx
 
     cond, mask = calibration_inputs(tiny_pipeline)
-    shape = tiny_onnx.decoder.shape
-    fp32 = tiny_onnx.decoder
-    gen = MusicGenerator(fp32, 2048)
-    kv = calibrate_kv_scales(fp32, gen, cond, mask, KvCalibrationConfig(steps=120, batch=3), {})
-    model = int8_kv_cache(onnx.load(str(tiny_bundle / "decoder_step.onnx")), shape.num_heads, shape.head_dim)
+    config = tiny_onnx.decoder.config
+    gen = tiny_onnx.generator
+    kv = calibrate_kv_scales(gen, cond, mask, KvCalibrationConfig(steps=120, batch=3), {})
+    model = int8_kv_cache(onnx.load(str(tiny_bundle / "decoder_step.onnx")), config.num_heads, config.head_dim)
     onnx.save(model, str(tmp_path / "decoder_kv8.onnx"))
-    kv8 = DecoderSession(create_session(tmp_path / "decoder_kv8.onnx"), tiny_onnx.sessions["cross_kv"], shape,
-                         kv.scales)
-    gen.set_conditioning(cond[:2], mask[:2], guidance=True)
-    gen.generate(200, SamplingConfig(seed=9))
-    tokens = gen.sequence.copy()
-    result = teacher_forced(fp32, kv8, cond[:2], mask[:2], tokens, 3.0)
+    kv8 = CodeGenerator(OrtDecoderSession(create_session(tmp_path / "decoder_kv8.onnx"),
+                                          tiny_onnx.sessions["cross_kv"], config, kv.scales))
+    gen.generate(cond[:2], mask[:2], 200, SamplingConfig(seed=9))
+    tokens = gen.tokens
+    result = teacher_forced(gen, kv8, cond[:2], mask[:2], tokens, 3.0)
     assert result["agreement"] >= 0.95, result
     # guessed scales (10x too small: everything clips) do measurably worse
-    guessed = DecoderSession(create_session(tmp_path / "decoder_kv8.onnx"), tiny_onnx.sessions["cross_kv"], shape,
-                             kv.scales / 10)
-    assert teacher_forced(fp32, guessed, cond[:2], mask[:2], tokens, 3.0)["agreement"] < result["agreement"]
+    guessed = CodeGenerator(OrtDecoderSession(create_session(tmp_path / "decoder_kv8.onnx"),
+                                              tiny_onnx.sessions["cross_kv"], config, kv.scales / 10))
+    assert teacher_forced(gen, guessed, cond[:2], mask[:2], tokens, 3.0)["agreement"] < result["agreement"]
 
 
 def test_wrong_scale_file_is_refused(tiny_quantized_bundle, tmp_path, tiny_models):
@@ -132,7 +125,7 @@ def test_wrong_scale_file_is_refused(tiny_quantized_bundle, tmp_path, tiny_model
 def test_build_fails_below_thresholds(tiny_models, tmp_path, monkeypatch):
     """The gate works: an unreachable threshold fails the build and says why."""
     import calibration.accuracy as accuracy
-    from export.build_engines import build_bundle
+    from export.bundle_build import build_bundle
     from tests.conftest import quick_quantization
 
     monkeypatch.setitem(accuracy.THRESHOLDS, "int8", accuracy.Thresholds(teacher_forced_agreement=1.01,
@@ -147,15 +140,15 @@ def test_build_fails_below_thresholds(tiny_models, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_small_random_int8_bundle(tmp_path):
     """Real-size int8 build (reduced calibration): builds, passes its thresholds, generates."""
-    from export.build_engines import build_bundle
-    from export.models import build_preset
+    from basics.models import build_preset
+    from export.bundle_build import build_bundle
     from tests.conftest import quick_quantization
 
     models = build_preset("small-random")
     build_bundle(tmp_path / "small-int8", models, report=lambda line: None, quantization=quick_quantization("int8"))
     del models
     pipeline = OnnxPipeline.load(tmp_path / "small-int8", threads=2)
-    assert pipeline.bundle.manifest["accuracy"]["passed"]
+    assert pipeline.bundle.manifest.provenance.accuracy["passed"]
     from PIL import Image
 
     result = pipeline([Image.new("RGB", (300, 200), (200, 120, 40))], 0.2, SamplingConfig(seed=0))

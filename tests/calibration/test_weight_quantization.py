@@ -35,8 +35,7 @@ def weight():
 
 def onnxruntime_rtn(weight: np.ndarray) -> onnx.ModelProto:
     """The quantizer's own 4-bit round-to-nearest (absmax scales), block 64."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(block_size=64, is_symmetric=True, accuracy_level=4, bits=4)
     quantizer = MatMulNBitsQuantizer(matmul_model(weight), bits=4, block_size=64, is_symmetric=True,

@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
+from basics.onnx_files import save_model
 from export.decoder_step_plain import PlainStepRunner, build_decoder_step_plain
-from export.onnx_graph import save_model
 from runtime.onnx_session import create_session
 
 MAX_LENGTH = 12

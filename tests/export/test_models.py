@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from export.models import build_preset, load_models, preset_parameter_counts
-from export.presets import DECODER_SIZES
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
+from basics.models import build_preset, load_models, preset_parameter_counts
+from basics.presets import DECODER_SIZES
 from tests.conftest import max_abs
 
 
@@ -95,8 +95,8 @@ def test_numpy_only_runtime_modules_do_not_import_torch():
     import sys
 
     code = (
-        "import sys; import runtime.preprocess, runtime.prompt_bank, runtime.delay_pattern, "
-        "runtime.sampling, runtime.audio_files, runtime.timing, runtime.errors; "
+        "import sys; import runtime.preprocess, basics.prompt_bank, runtime.delay_pattern, "
+        "runtime.sampling, runtime.audio_files, runtime.timing, basics.errors; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -5,16 +5,18 @@ import numpy as np
 import pytest
 import torch
 
+from basics.model_config import AudioConfig
 from export.validation import FP32_TOLERANCE
-from runtime.bundle import GRAPHS, load_bundle
+from runtime.bundle import load_bundle
+from runtime.bundle_manifest import RUNTIME_GRAPHS
 from tests.conftest import max_abs
 
 
 def test_build_validates_every_graph(tiny_bundle):
-    manifest = load_bundle(tiny_bundle).manifest
-    checked = {c["graph"] for c in manifest["validation"]}
-    assert checked == set(GRAPHS) | {"encodec_stream"}  # + the stream-vs-full-decode SNR check
-    for c in manifest["validation"]:
+    validation = load_bundle(tiny_bundle).manifest.provenance.validation
+    checked = {c["graph"] for c in validation}
+    assert checked == set(RUNTIME_GRAPHS) | {"encodec_stream"}  # + the stream-vs-full-decode SNR check
+    for c in validation:
         if c["graph"] == "encodec_stream":
             assert c["max_abs_diff"] == 0.0 and float(c["detail"].split()[1]) >= 90.0, c  # SNR in dB
         else:
@@ -23,16 +25,17 @@ def test_build_validates_every_graph(tiny_bundle):
 
 def test_manifest_describes_the_bundle(tiny_bundle, tiny_models):
     m = load_bundle(tiny_bundle).manifest
-    assert m["schema_version"] == 1
-    assert m["audio"] == {"sample_rate": 32000, "frame_rate": 50, "hop_length": 640, "channels": 1}
+    assert m.schema_version == 2
+    assert m.model.audio == AudioConfig(sample_rate=32000, frame_rate=50, hop_length=640, channels=1)
     dec = tiny_models.musicgen.config.decoder
-    assert m["decoder"]["num_layers"] == dec.num_hidden_layers and m["decoder"]["max_length"] == 2048
-    assert m["decoder"]["pad_token_id"] == 2048 and m["decoder"]["num_codebooks"] == 4
-    assert len(m["conditioning"]["directives"]) >= 120
-    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
-    assert {g["opset"] for g in m["graphs"].values()} == {17}
-    assert "onnxruntime" in m["tools"] and "transformers" in m["tools"]
-    assert not any(name.startswith("t5") for name in m["files"])  # T5 stays out of the runtime
+    assert m.model.decoder.num_layers == dec.num_hidden_layers and m.model.decoder.max_length == 2048
+    assert m.model.decoder.pad_token_id == 2048 and m.model.decoder.num_codebooks == 4
+    assert len(m.model.conditioning.directives) >= 120
+    assert all(len(f.sha256) == 64 and f.bytes > 0 for f in m.files.values())
+    assert {g.opset for g in m.graphs.values()} == {17}
+    assert "onnxruntime" in m.provenance.tools and "transformers" in m.provenance.tools
+    assert not any(name.startswith("t5") for name in m.files)  # T5 stays out of the runtime
+    assert set(m.graphs) == set(RUNTIME_GRAPHS)  # EnCodec once: the streaming graphs serve every path
 
 
 def test_decoder_step_matches_transformers_up_to_the_last_position(tiny_onnx, tiny_models):
@@ -96,7 +99,7 @@ def test_encodec_graph_any_length(tiny_onnx, tiny_models, frames):
 
 
 def test_too_few_frames_are_refused(tiny_onnx):
-    from runtime.errors import Img2MusicError
+    from basics.errors import Img2MusicError
 
     with pytest.raises(Img2MusicError, match="at least 4 frames"):
         tiny_onnx.decode_audio(np.zeros((1, 4, 3), dtype=np.int64))

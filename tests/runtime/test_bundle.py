@@ -1,15 +1,17 @@
 """The runtime refuses corrupt or mismatched bundles with one clear error."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from basics.errors import Img2MusicError
 from runtime.bundle import load_bundle
-from runtime.errors import Img2MusicError
 from runtime.onnx_pipeline import OnnxPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +26,7 @@ def damaged_copy(tiny_bundle, tmp_path, how: str) -> Path:
         data = (bundle / "decoder_step.onnx").read_bytes()
         (bundle / "decoder_step.onnx").write_bytes(data[: len(data) // 2])
     elif how == "missing":
-        (bundle / "encodec_decode.onnx").unlink()
+        (bundle / "encodec_stream_back.onnx").unlink()
     elif how == "hash":
         path = bundle / "cross_kv.onnx"
         data = bytearray(path.read_bytes())
@@ -87,3 +89,55 @@ def test_cli_refuses_damaged_bundle(tiny_bundle, tmp_path, photo_files, how):
 
 def test_intact_bundle_loads(tiny_bundle):
     assert load_bundle(tiny_bundle).precision == "fp32"
+
+
+def test_manifest_round_trips_through_its_types(tiny_bundle):
+    """The exporter writes through the same classes the runtime parses: nothing lost either way."""
+    from runtime.bundle_manifest import BundleManifest
+
+    data = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest = BundleManifest.from_dict(data)
+    assert manifest.to_dict() == data
+    assert BundleManifest.from_dict(manifest.to_dict()) == manifest
+    assert manifest.model.clip.image.image_mean == (0.48145466, 0.4578275, 0.40821073)  # tuples, as in the config
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["decoder"].pop("num_heads"), "decoder.num_heads is missing"),
+    (lambda m: m["audio"].update(sample_rate="32000"), "audio.sample_rate should be int, is str"),
+    (lambda m: m["clip"]["image"].update(image_std=[0.5, 0.5]), "clip.image.image_std should have 3 items"),
+    (lambda m: m["graphs"]["cross_kv"]["inputs"][0].update(shape=[1.5]), "graphs.cross_kv.inputs[0].shape"),
+    (lambda m: m["files"]["projector.onnx"].update(bytes=None), "files.projector.onnx.bytes is missing"),
+    (lambda m: m.pop("conditioning"), "conditioning is missing"),
+])
+def test_a_malformed_manifest_names_the_field(tiny_bundle, tmp_path, edit, message):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Img2MusicError, match=f"corrupt bundle manifest .*{re.escape(message)}"):
+        load_bundle(bundle)
+
+
+def test_schema_1_bundles_still_run(tiny_bundle, tmp_path, photos):
+    """Bundles from before the full-sequence EnCodec graph was dropped: it is listed and hashed,
+    not run; everything else is the same."""
+    from runtime.bundle import sha256_file
+    from runtime.sampling import SamplingConfig
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    shutil.copy(bundle / "encodec_stream_back.onnx", bundle / "encodec_decode.onnx")  # any graph file will do
+    manifest["files"]["encodec_decode.onnx"] = {"sha256": sha256_file(bundle / "encodec_decode.onnx"),
+                                                "bytes": (bundle / "encodec_decode.onnx").stat().st_size}
+    manifest["graphs"]["encodec_decode"] = dict(manifest["graphs"]["encodec_stream_back"], file="encodec_decode.onnx")
+    del manifest["kv_cache"]  # schema 1 wrote it for quantized bundles only
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    old = OnnxPipeline.load(bundle)
+    assert old.bundle.manifest.kv_cache.dtype == "float32"
+    sampling = SamplingConfig(seed=3)
+    np.testing.assert_array_equal(old([photos["coffee"]], 0.5, sampling).audio,
+                                  OnnxPipeline.load(tiny_bundle)([photos["coffee"]], 0.5, sampling).audio)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from runtime.errors import run_cli
+from basics.errors import run_cli
 from runtime.live import main as live_main
 from runtime.live import run_live
 from runtime.live_engine import LiveConfig
@@ -122,15 +122,16 @@ def test_slowed_generator_degrades_and_recovers(tiny_bundle, tmp_path):
 
     def slow_down(engine):
         engines["e"] = engine
-        fast = engine.endless.next_frames
+        generator = engine.pipeline.generator
+        fast = generator.next_frames
 
-        def next_frames(count, sampling):
+        def next_frames(count, sampling, on_step=None):
             music = engine.music_samples / engine.pipeline.sample_rate
             if 3.0 <= music < 4.5:
                 time.sleep(count / 50 * 3)  # three times slower than real time
-            return fast(count, sampling)
+            return fast(count, sampling, on_step)
 
-        engine.endless.next_frames = next_frames
+        generator.next_frames = next_frames
 
     wav = tmp_path / "slow.wav"
     summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(8.0), record=str(wav), threads=2,

@@ -148,7 +148,7 @@ def test_blend_interpolates_conditioning():
 @pytest.mark.parametrize("bad", [dict(), dict(camera="0", synthetic=True), dict(video="/nope.mp4"),
                                  dict(images="/nope"), dict(camera="/dev/video99")])
 def test_make_source_refuses_bad_choices(bad):
-    from runtime.errors import Img2MusicError
+    from basics.errors import Img2MusicError
     from runtime.live_sources import make_source
 
     with pytest.raises(Img2MusicError):

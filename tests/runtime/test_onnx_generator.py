@@ -18,9 +18,8 @@ def test_greedy_tokens_equal_transformers_generate(tiny_onnx, tiny_pipeline, bat
     sampling = SamplingConfig(greedy=True, guidance_scale=guidance)
     frames = 200  # 203 decoder steps
     ref = tiny_pipeline.generate_codes(torch.from_numpy(cond), torch.from_numpy(mask), frames, sampling).numpy()
-    tiny_onnx.generator.set_conditioning(cond, mask, sampling.uses_guidance)
     steps = []
-    ours = tiny_onnx.generator.generate(frames, sampling, on_step=lambda: steps.append(1))
+    ours = tiny_onnx.generator.generate(cond, mask, frames, sampling, on_step=lambda: steps.append(1))
     assert len(steps) == frames + 3
     assert ours.shape == ref.shape == (batch, 4, frames)
     np.testing.assert_array_equal(ours, ref)
@@ -32,8 +31,7 @@ def test_seeded_sampling_repeats(tiny_onnx, tiny_pipeline):
     gen = tiny_onnx.generator
     runs = []
     for seed in (7, 7, 8):
-        gen.set_conditioning(cond, mask, guidance=True)
-        runs.append(gen.generate(40, SamplingConfig(seed=seed, top_k=50, top_p=0.9, temperature=1.2)))
+        runs.append(gen.generate(cond, mask, 40, SamplingConfig(seed=seed, top_k=50, top_p=0.9, temperature=1.2)))
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
     assert runs[0].min() >= 0 and runs[0].max() < 2048
@@ -43,15 +41,13 @@ def test_guidance_scale_can_change_between_steps(tiny_onnx, tiny_pipeline):
     bank = tiny_pipeline.projector.bank
     cond, mask = bank.t5_hidden[[30]], bank.t5_mask[[30]]
     gen = tiny_onnx.generator
-    gen.set_conditioning(cond, mask, guidance=True)
-    gen.begin(20, seed=0)
-    for _ in range(10):
-        gen.step(SamplingConfig(greedy=True, guidance_scale=3.0))
-    while gen.steps_left:
-        gen.step(SamplingConfig(greedy=True, guidance_scale=6.0))
-    mixed = gen.codes()
-    gen.set_conditioning(cond, mask, guidance=True)  # a new conditioning (the same) resets the cache
-    plain = gen.generate(20, SamplingConfig(greedy=True, guidance_scale=3.0))
+    gen.start(cond, mask, SamplingConfig(greedy=True, guidance_scale=3.0), frames=20)
+    steps = []
+    mixed = gen.next_frames(7, SamplingConfig(greedy=True, guidance_scale=3.0), on_step=lambda: steps.append(1))
+    assert len(steps) == 10  # the first 7 frames are complete after 10 steps
+    mixed = np.concatenate([mixed, gen.next_frames(20, SamplingConfig(greedy=True, guidance_scale=6.0))], axis=2)
+    assert mixed.shape[2] == 20 and gen.done
+    plain = gen.generate(cond, mask, 20, SamplingConfig(greedy=True, guidance_scale=3.0))  # a new piece: a fresh cache
     np.testing.assert_array_equal(mixed[:, :, :7], plain[:, :, :7])  # frames complete before the change
 
 

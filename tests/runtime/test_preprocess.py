@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import Img2MusicError
-from runtime.preprocess import ClipImageConfig, load_image, preprocess_image, preprocess_images
+from basics.clip_image_config import ClipImageConfig
+from basics.errors import Img2MusicError
+from runtime.preprocess import load_image, preprocess_image, preprocess_images
 from tests.conftest import PHOTO_NAMES, max_abs
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.delay_pattern import delay_pattern_mask, frames_for_seconds, steps_for_frames, undelay
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
+from runtime.delay_pattern import delay_pattern_mask, frames_for_seconds, steps_for_frames
 from runtime.sampling import SamplingConfig
 
 HOP = 640  # EnCodec 32 kHz: 640 samples per code frame
@@ -75,18 +75,6 @@ def test_delay_pattern_matches_transformers(tiny_models, length):
     _, ref_mask = tiny_models.musicgen.decoder.build_delay_pattern_mask(start, pad_token_id=2048, max_length=length)
     ours = delay_pattern_mask(4, length, 2048)
     np.testing.assert_array_equal(np.tile(ours, (2, 1)), ref_mask.numpy())
-
-
-def test_undelay_recovers_aligned_frames():
-    k, frames = 4, 6
-    codes = np.arange(2 * k * frames).reshape(2, k, frames)
-    length = frames + k
-    mask = delay_pattern_mask(k, length, 2048)
-    seq = np.broadcast_to(mask, (2, k, length)).copy()
-    for i in range(k):
-        seq[:, i, i + 1 : i + 1 + frames] = codes[:, i]
-    assert np.all(seq[np.broadcast_to(mask, seq.shape) == -1] >= 0)
-    np.testing.assert_array_equal(undelay(seq, k), codes)
 
 
 def test_sampling_config_rejects_nonsense():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
 from runtime.tensorrt_plan import DeviceFacts, check_plans, plan_mismatch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,17 +54,18 @@ def test_fallback_to_onnxruntime_cuda(caplog):
 
 
 def test_profile_ranges_come_from_the_manifest(tiny_bundle):
-    from export.graph_specs import GraphSpec, TensorSpec
     from export.tensorrt_engines import profile_ranges
+    from runtime.bundle import load_bundle
 
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    specs = {name: GraphSpec(name, tuple(TensorSpec(i["name"], i["dtype"], tuple(i["shape"]))
-                                          for i in manifest["graphs"][name]["inputs"]), ())
-             for name in ("clip_vision", "cross_kv", "encodec_decode")}
-    ranges = profile_ranges(specs, manifest, max_batch=2, max_audio_seconds=10)
-    n = manifest["conditioning"]["num_tokens"]
+    bundle = load_bundle(tiny_bundle)
+    names = ("clip_vision", "cross_kv", "encodec_stream_front", "encodec_stream_back")
+    specs = {name: bundle.graph(name).spec(name) for name in names}
+    ranges = profile_ranges(specs, bundle.model, max_batch=2, max_audio_seconds=10)
+    n = bundle.model.conditioning.num_tokens
+    channels = bundle.model.encodec_stream.lstm_channels
     assert ranges["cross_kv"]["conditioning"] == ((1, 1, 32), (2, n, 32), (4, n, 32))
-    assert ranges["encodec_decode"]["audio_codes"] == ((1, 4, 1), (2, 4, 50), (4, 4, 508))
+    assert ranges["encodec_stream_front"]["audio_codes"] == ((1, 4, 7), (2, 4, 56), (4, 4, 514))
+    assert ranges["encodec_stream_back"]["lstm_frames"] == ((1, channels, 1), (2, channels, 50), (4, channels, 508))
     assert ranges["clip_vision"]["pixel_values"][2][0] == 4
 
 

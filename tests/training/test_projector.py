@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.errors import Img2MusicError
+from basics.errors import Img2MusicError
+from basics.prompt_bank import MIN_DIRECTIVES, PromptBank, PromptBankProjector, build_prompt_bank, load_directives
 from runtime.preprocess import preprocess_images
-from runtime.prompt_bank import PromptBank
-from training.projector import MLPProjector, MLPProjectorConfig, PromptBankProjector
-from training.prompt_bank import MIN_DIRECTIVES, build_prompt_bank, load_directives
+from training.projector import MLPProjector, MLPProjectorConfig
 
 
 def test_directive_bank_is_curated():

@@ -45,7 +45,7 @@ TINY_CLIP_IMAGE_SIZE = 32
 
 
 def check_preset(name: str) -> None:
-    from runtime.errors import Img2MusicError
+    from basics.errors import Img2MusicError
 
     if name not in PRESETS:
         raise Img2MusicError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m runtime.demo --out out/demo            # what `make demo` runs
-    python -m runtime.demo --preset small-random --seconds 10
+    python -m export.demo --out out/demo            # what `make demo` runs
+    python -m export.demo --preset small-random --seconds 10
 
 Writes the photographs to ``<out>/images/``; runs the PyTorch reference pipeline
 (one WAV per photograph in ``<out>/reference/``), exports the models into an engine
@@ -15,15 +15,16 @@ music: the demo shows every stage running and what it costs.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python runtime/demo.py`
+if __package__ in (None, ""):  # run as `python export/demo.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from export.presets import PRESETS
-from runtime.errors import Img2MusicError, run_cli
+from basics.errors import Img2MusicError, run_cli
+from basics.presets import PRESETS
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -54,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     photos = write_photos(out / "images")
     print(f"photographs: {', '.join(str(p) for p in photos)}")
-    from export import build_engines
+    from basics.models import load_models
+    from export.bundle_build import build_bundle
     from runtime import generate
 
     images = [arg for photo in photos for arg in ("--image", str(photo))]
@@ -62,10 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n== PyTorch reference (transformers) ==")
     generate.main(["--preset", args.preset, "--out", str(out / "reference"), *common])
     print("\n== export: engine bundle ==")
-    build_engines.main(["--preset", args.preset, "--out", str(out / "engines"), "--force"])
+    engines = out / "engines"
+    shutil.rmtree(engines, ignore_errors=True)
+    build_bundle(engines, load_models(preset=args.preset), report=print)
     print("\n== ONNX Runtime (the exported runtime, no torch) ==")
     return generate.main(["--engines", str(out / "engines"), "--out", str(out / "onnx"), *common])
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (img2music-demo)."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

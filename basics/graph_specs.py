@@ -15,7 +15,11 @@ Shapes (B2 = rows run together: 2B with classifier-free guidance, else B):
                      total_sequence_length () int32 = cached + S, cross K/V + bias, past_key.{i} /
                      past_value.{i} (B2, H, L_max, 64) -> logits (B2, K, V), present_key.{i} / present_value.{i}
                      (same buffers as the past: bind one OrtValue to both, see runtime.decoder_session)
-- ``encodec_decode``: audio_codes (B, K, F) -> audio_values (B, 1, F * hop)
+- ``encodec_stream_front``: audio_codes (B, K, T) + lstm_h / lstm_c (layers, B, C) ->
+                     lstm_frames (B, C, T - 6) + the LSTM state after them (runtime.encodec_stream)
+- ``encodec_stream_back``: lstm_frames (B, C, W) -> audio_values (B, 1, W * hop)
+- ``decoder_step_plain`` (TensorRT only, not in ONNX Runtime bundles): one step in standard ops
+                     over a static cache read at a ``position`` input (export.decoder_step_plain)
 """
 
 from __future__ import annotations
@@ -128,9 +132,39 @@ def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads
     return GraphSpec("decoder_step", tuple(inputs), tuple(outputs))
 
 
-def encodec_decode_spec(num_codebooks: int) -> GraphSpec:
-    return GraphSpec(
-        "encodec_decode",
-        (TensorSpec("audio_codes", "int64", ("batch", num_codebooks, "frames")),),
+LM_HEADS_NODE = "lm_heads_matmul"
+"""Name of decoder_step's fused output-heads MatMul (int4 bundles keep it at 8 bits)."""
+
+
+def encodec_stream_specs(num_codebooks: int, channels: int, lstm_layers: int) -> tuple[GraphSpec, GraphSpec]:
+    """(front, back) of the exact streaming EnCodec decoder."""
+    front = GraphSpec(
+        "encodec_stream_front",
+        (TensorSpec("audio_codes", "int64", ("batch", num_codebooks, "window")),
+         TensorSpec("lstm_h", "float32", (lstm_layers, "batch", channels)),
+         TensorSpec("lstm_c", "float32", (lstm_layers, "batch", channels))),
+        (TensorSpec("lstm_frames", "float32", ("batch", channels, "frames")),
+         TensorSpec("lstm_h_out", "float32", (lstm_layers, "batch", channels)),
+         TensorSpec("lstm_c_out", "float32", (lstm_layers, "batch", channels))),
+    )
+    back = GraphSpec(
+        "encodec_stream_back",
+        (TensorSpec("lstm_frames", "float32", ("batch", channels, "frames")),),
         (TensorSpec("audio_values", "float32", ("batch", 1, "samples")),),
     )
+    return front, back
+
+
+def decoder_step_plain_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int,
+                            max_length: int) -> GraphSpec:
+    """The TensorRT step: the whole static cache in, this step's K/V row out."""
+    inputs = [TensorSpec("input_ids", "int64", ("batch", num_codebooks, 1)),
+              TensorSpec("position", "int64", (1,)),
+              TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len"))]
+    outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
+    inputs += cross_attention_inputs(num_layers, num_heads, head_dim)
+    for i in range(num_layers):
+        for kind in ("key", "value"):
+            inputs.append(TensorSpec(f"past_{kind}.{i}", "float32", ("batch", num_heads, max_length, head_dim)))
+            outputs.append(TensorSpec(f"new_{kind}.{i}", "float32", ("batch", num_heads, 1, head_dim)))
+    return GraphSpec("decoder_step_plain", tuple(inputs), tuple(outputs))

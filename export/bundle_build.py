@@ -1,0 +1,175 @@
+"""Building an engine bundle: loaded models -> validated ONNX graphs + manifest.json.
+
+``export/build_engines.py`` is the command line over :func:`build_bundle`; tests, the
+demo and the benchmarks call it directly. Writes clip_vision, projector (the prompt
+bank's selection, or a trained projector), cross_kv, decoder_step (in-place
+GroupQueryAttention KV cache) and the two graphs of the exact streaming EnCodec decoder
+(encodec_stream_front/back), validates each against its torch module (one ✓/✗ line per
+output; any ✗ fails the build) and writes manifest.json with configs, hashes and
+versions. T5 never enters the bundle: the prompt bank's T5 encodings are computed
+here. With quantization options the fp32 graphs are then calibrated and quantized
+(calibration/).
+
+No full-sequence EnCodec graph: a stream of any chunk size equals the full decode
+(validated here at >= 90 dB), so one EnCodec serves batch and live generation and the
+bundle does not ship the decoder's weights twice (schema 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from basics.errors import Img2MusicError
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str], None]
+
+
+class _Steps:
+    """Numbered progress lines through ``report``: ``[3/8] what  (+12.3 s)``."""
+
+    def __init__(self, total: int, report: Report) -> None:
+        self.total, self.n, self.start, self.report = total, 0, time.perf_counter(), report
+
+    def __call__(self, what: str) -> None:
+        self.n += 1
+        self.report(f"[{self.n}/{self.total}] {what}  (+{time.perf_counter() - self.start:.1f} s)")
+
+
+def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None, quantization=None,
+                 projector_checkpoint: str | None = None) -> dict:
+    """Export, validate and describe every graph into ``out`` (which must not exist); returns
+    the manifest as written. ``report`` receives progress and ✓/✗ lines (default: the log);
+    ``quantization``: ``calibration.build_quantized.QuantizationOptions`` for int8/int4;
+    ``projector_checkpoint``: a train.py checkpoint replacing the prompt bank."""
+    import torch
+
+    from basics.graph_specs import (
+        clip_vision_spec,
+        cross_kv_spec,
+        decoder_step_spec,
+        encodec_stream_specs,
+        projector_spec,
+    )
+    from basics.onnx_files import save_model
+    from basics.prompt_bank import PromptBankProjector, build_prompt_bank
+    from export.bundle_writer import write_manifest
+    from export.cross_kv import build_cross_kv
+    from export.decoder_step import build_decoder_step
+    from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
+    from export.prompt_bank_graph import build_prompt_bank_graph
+    from export.torch_export import ClipVisionGraph, ProjectorGraph, export_module
+    from export.validation import (
+        validate_clip,
+        validate_cross_kv,
+        validate_decoder_step,
+        validate_encodec_stream,
+        validate_projector,
+    )
+    from runtime.onnx_session import create_session
+    from runtime.ort_decoder_session import OrtDecoderSession
+
+    report = report or log.info
+    step = _Steps(7 if quantization is None else 8, report)
+    out.mkdir(parents=True)
+    mg = models.musicgen
+    decoder_config = models.decoder_config()
+    d = decoder_config
+    clip_dim = int(models.clip.config.projection_dim)
+    text_dim = mg.config.text_encoder.hidden_size
+    checks = []
+
+    def run_checks(new):
+        for c in new:
+            report(c.line())
+        checks.extend(new)
+
+    trained = None
+    if projector_checkpoint is None:
+        step("prompt bank: embedding directives with CLIP text + T5")
+        bank = build_prompt_bank(models)
+        projector, num_tokens, directives = PromptBankProjector(bank), bank.num_tokens, bank.directives
+    else:
+        step(f"trained projector: {projector_checkpoint}")
+        projector, trained = load_trained_projector(projector_checkpoint, clip_dim, text_dim)
+        num_tokens, directives = projector.config.num_tokens, None
+    lstm_layers, lstm_channels = lstm_shape(mg.audio_encoder)
+    specs = {
+        "clip_vision": clip_vision_spec(models.image_config.crop_height, clip_dim),
+        "projector": projector_spec(clip_dim, num_tokens, text_dim, prompt_bank=trained is None),
+        "cross_kv": cross_kv_spec(text_dim, d.num_layers, d.num_heads, d.head_dim),
+        "decoder_step": decoder_step_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads, d.head_dim),
+    }
+    specs["encodec_stream_front"], specs["encodec_stream_back"] = encodec_stream_specs(
+        d.num_codebooks, lstm_channels, lstm_layers)
+
+    step("clip_vision.onnx")
+    size = models.image_config.crop_height
+    export_module(ClipVisionGraph(models.clip), (torch.zeros(1, 3, size, size),), specs["clip_vision"],
+                  out / "clip_vision.onnx")
+    run_checks(validate_clip(create_session(out / "clip_vision.onnx"), models, seed=seed))
+
+    if trained is None:
+        step("projector.onnx (prompt bank selection)")
+        save_model(build_prompt_bank_graph(bank), out / "projector.onnx")
+    else:
+        step(f"projector.onnx (trained {trained['kind']}, {num_tokens} tokens)")
+        export_module(ProjectorGraph(projector), (torch.zeros(1, clip_dim),), specs["projector"],
+                      out / "projector.onnx")
+    run_checks(validate_projector(create_session(out / "projector.onnx"), projector, clip_dim, seed=seed))
+
+    step("cross_kv.onnx")
+    save_model(build_cross_kv(mg), out / "cross_kv.onnx")
+    cross_session = create_session(out / "cross_kv.onnx")
+    run_checks(validate_cross_kv(cross_session, models, seed=seed))
+
+    step("decoder_step.onnx (GroupQueryAttention, in-place KV cache)")
+    save_model(build_decoder_step(mg.decoder), out / "decoder_step.onnx")
+    decoder = OrtDecoderSession(create_session(out / "decoder_step.onnx"), cross_session, decoder_config)
+    run_checks(validate_decoder_step(decoder, models, seed=seed))
+    decoder.close()
+
+    step("encodec_stream_front.onnx + encodec_stream_back.onnx (exact streaming decode)")
+    codec = mg.audio_encoder
+    state = torch.zeros(lstm_layers, 1, lstm_channels)
+    export_module(EncodecStreamFront(codec), (torch.zeros(1, d.num_codebooks, 16, dtype=torch.long), state, state),
+                  specs["encodec_stream_front"], out / "encodec_stream_front.onnx")
+    export_module(EncodecStreamBack(codec), (torch.zeros(1, lstm_channels, 8),), specs["encodec_stream_back"],
+                  out / "encodec_stream_back.onnx")
+    run_checks(validate_encodec_stream(create_session(out / "encodec_stream_front.onnx"),
+                                       create_session(out / "encodec_stream_back.onnx"), models, seed=seed))
+
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise Img2MusicError(f"export validation failed for {len(failed)} output(s): "
+                             + ", ".join(f"{c.graph}.{c.output}" for c in failed))
+    quantized = None
+    if quantization is not None:
+        from calibration.build_quantized import quantize_bundle
+
+        step(f"{quantization.precision}: calibration, quantization, accuracy report")
+        quantized = quantize_bundle(out, decoder_config, models.image_config, quantization, report=report)
+        specs["decoder_step"] = decoder_step_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads,
+                                                  d.head_dim, kv_cache_dtype="int8")
+    step("manifest.json (hashes, configs, versions)")
+    return write_manifest(out, specs, models, directives, num_tokens, checks, quantized, projector=trained)
+
+
+def load_trained_projector(path: str, clip_dim: int, text_dim: int):
+    """(projector module, manifest provenance) from a train.py checkpoint that fits these models."""
+    from training.evaluate import load_checkpoint
+
+    model, state = load_checkpoint(path)
+    c = model.config
+    if (c.clip_dim, c.cond_dim) != (clip_dim, text_dim):
+        raise Img2MusicError(f"projector {path} maps CLIP {c.clip_dim} -> T5 {c.cond_dim}, but these models need "
+                             f"{clip_dim} -> {text_dim}: it was trained for other models")
+    data = state.get("dataset", {})
+    return model, {"kind": state["projector"]["kind"], "checkpoint": str(path), "epoch": state["epoch"],
+                   "best_val_latent": state["best"], "dataset": {k: data.get(k) for k in
+                                                                 ("preset", "musicgen", "clip", "captioner", "llm",
+                                                                  "prompt", "splits")}}
