@@ -8,6 +8,7 @@ model, they load back through ``AutoTokenizer.from_pretrained`` like any checkpo
 
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 T5_SPECIALS = ("<pad>", "</s>", "<unk>")
@@ -27,6 +28,14 @@ def build_t5_tokenizer(corpus: Iterable[str], vocab_size: int = 400):
         show_progress=False,
     )
     tok.train_from_iterator(list(corpus), trainer=trainer)
+    # The trainer's scores differ in their last bits and tied pieces come in hash order, both
+    # from process to process: round the scores and fix the order (specials, score, text), so
+    # that a preset's token ids, and with them its prompt bank and bundle, repeat exactly.
+    vocab = json.loads(tok.to_str())["model"]["vocab"]  # [[piece, score], ...], specials first
+    specials = [(piece, score) for piece, score in vocab[: len(T5_SPECIALS)]]
+    pieces = sorted(((piece, round(score, 3)) for piece, score in vocab[len(T5_SPECIALS):]),
+                    key=lambda item: (-item[1], item[0]))
+    tok.model = models.Unigram(specials + pieces, unk_id=T5_SPECIALS.index("<unk>"), byte_fallback=False)
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
     return PreTrainedTokenizerFast(

@@ -1,8 +1,12 @@
 """TensorRT decoder step: device-resident static KV cache, replayed as a CUDA graph.
 
-NOT YET RUN ON A GPU: written against the TensorRT 10/11 Python API (named I/O tensors,
-``execute_async_v3``) and cuda-python's runtime bindings by a session without a GPU.
-Its tests (tests/runtime/test_tensorrt.py, markers ``gpu``/``tensorrt``) skip here.
+NOT YET RUN ON A GPU, AND NOT REACHABLE: written against the TensorRT 10/11 Python API
+(named I/O tensors, ``execute_async_v3``) and cuda-python's runtime bindings by a
+session without a GPU; no CLI or backend selects it. It does not yet implement
+``runtime.decoder_session.DecoderSession`` (no prefill, no cache_rows); the GPU issue
+decides whether it becomes that backend or is replaced by ONNX Runtime's TensorRT
+provider. Its tests (tests/runtime/test_tensorrt.py, markers ``gpu``/``tensorrt``) skip
+without a GPU.
 
 Design:
 - every cache buffer (L, 2, B2, H, L_max, 64) lives on the device for the whole run; the

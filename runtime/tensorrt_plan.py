@@ -3,8 +3,10 @@
 A serialized TensorRT engine runs only with the TensorRT version and the GPU
 architecture it was built for (unless built version-compatible / hardware-compatible).
 The bundle manifest records both per plan (``export/tensorrt_engines.py``); start-up
-compares them with this machine before deserializing anything, and either refuses with
-a message that says what to rebuild, or falls back to ONNX Runtime's CUDA provider.
+is meant to compare them with this machine before deserializing anything, and either
+refuse with a message that says what to rebuild, or fall back to ONNX Runtime's CUDA
+provider. No runtime path calls this yet: a TensorRT backend is to plug in at
+``runtime.backends`` behind ``runtime.decoder_session.DecoderSession`` (the GPU issue).
 This module imports nothing heavy: the checks run (and are tested) without a GPU.
 """
 
@@ -83,4 +85,4 @@ def check_plans(manifest: dict, facts: DeviceFacts, fallback: bool = False) -> s
                     lines)
         return "onnxruntime-cuda"
     raise Img2MusicError(f"TensorRT plans in this bundle were built for another machine ({lines}); rebuild them "
-                         "here with export/build_engines.py --backend tensorrt, or pass --fallback-ort")
+                         "here with export/build_engines.py --backend tensorrt")

@@ -101,3 +101,17 @@ def test_numpy_only_runtime_modules_do_not_import_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiny_preset_repeats_exactly(tiny_models):
+    """Same seed, same models, tokenizers and prompt bank: a rebuilt bundle is the same bundle
+    (the T5 tokenizer's trainer alone orders tied pieces differently every time)."""
+    import numpy as np
+
+    from basics.prompt_bank import build_prompt_bank
+
+    again = build_preset("tiny", seed=0)
+    assert again.t5_tokenizer.backend_tokenizer.to_str() == tiny_models.t5_tokenizer.backend_tokenizer.to_str()
+    a, b = build_prompt_bank(tiny_models), build_prompt_bank(again)
+    np.testing.assert_array_equal(a.t5_hidden, b.t5_hidden)
+    np.testing.assert_array_equal(a.text_embeds, b.text_embeds)
