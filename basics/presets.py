@@ -6,8 +6,9 @@
   -medium (decoder + t5-base + EnCodec 32 kHz) and openai/clip-vit-base-patch32, with
   random weights: same compute as the released checkpoints, so timings are real.
 
-Facts: ``../shared/design.md`` section 3. Every field that differs from a config
-class default is set explicitly (``T5Config()`` defaults are t5-small's).
+The real sizes were checked against the checkpoints' conversion scripts (audiocraft ->
+transformers) and config.json files. Every field that differs from a config class
+default is set explicitly (``T5Config()`` defaults are t5-small's).
 """
 
 from __future__ import annotations

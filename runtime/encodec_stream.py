@@ -1,6 +1,6 @@
 """Exact streaming EnCodec decode: carried LSTM state, held-back lookahead, no re-decoding.
 
-EnCodec 32 kHz is not causal, yet a stream can equal the full decode (design §8):
+EnCodec 32 kHz is not causal, yet a stream can equal the full decode (tested to >= 90 dB SNR):
 
 - front (``encodec_stream_front.onnx``): codes -> embeddings -> first conv (kernel 7,
   3 frames each side, so it needs 3 future code frames) -> LSTM, whose (h, c) state is

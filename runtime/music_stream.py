@@ -49,8 +49,6 @@ class MusicStream:
         """The prompt-bank directive chosen per piece (None for a trained projector)."""
         self.timer = timer or StageTimer()
         """Seconds in the decoder and in EnCodec, accumulated over the chunks."""
-        self.frames = 0
-        """Code frames generated so far."""
         self.finished = False
         self._piece = generator.piece
 
@@ -67,7 +65,6 @@ class MusicStream:
             if self.generator.done:
                 audio = np.concatenate([audio, self.encodec.flush()], axis=1)
                 self.finished = True
-        self.frames += codes.shape[2]
         return AudioChunk(audio, codes, self.finished)
 
     def __iter__(self) -> Iterator[AudioChunk]:
