@@ -11,15 +11,14 @@ Shapes (B2 = rows run together: 2B with classifier-free guidance, else B):
                      [+ directive_index (B,), directive_score (B,) for the prompt bank]
 - ``cross_kv``:      conditioning (B2, N, D_t5), conditioning_mask (B2, N) ->
                      cross_key.{i} / cross_value.{i} (B2, H, N, 64), cross_attention_bias (B2, 1, 1, N)
-- ``decoder_step``:  input_ids (B2, K, S), seqlens_k (B2,) int32 = cached + S - 1,
-                     total_sequence_length () int32 = cached + S, cross K/V + bias, past_key.{i} /
+- ``decoder_step``:  input_ids (B2, K, S), seqlens_k (B2,) int32 = cached + S - 1 (positions come
+                     from it), total_sequence_length () int32 = cached + S (or the cache length: the
+                     in-place cache ignores rows past seqlens_k), cross K/V + bias, past_key.{i} /
                      past_value.{i} (B2, H, L_max, 64) -> logits (B2, K, V), present_key.{i} / present_value.{i}
                      (same buffers as the past: bind one OrtValue to both, see runtime.decoder_session)
 - ``encodec_stream_front``: audio_codes (B, K, T) + lstm_h / lstm_c (layers, B, C) ->
                      lstm_frames (B, C, T - 6) + the LSTM state after them (runtime.encodec_stream)
 - ``encodec_stream_back``: lstm_frames (B, C, W) -> audio_values (B, 1, W * hop)
-- ``decoder_step_plain`` (TensorRT only, not in ONNX Runtime bundles): one step in standard ops
-                     over a static cache read at a ``position`` input (export.decoder_step_plain)
 """
 
 from __future__ import annotations
@@ -86,12 +85,16 @@ def projector_spec(clip_dim: int, num_tokens: int, text_dim: int, prompt_bank: b
     return GraphSpec("projector", (TensorSpec("image_embeds", "float32", ("batch", clip_dim)),), tuple(outputs))
 
 
-def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int) -> GraphSpec:
-    outputs = []
-    for i in range(num_layers):
-        outputs.append(TensorSpec(f"cross_key.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
-        outputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
-    outputs.append(TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len")))
+def attention_dtype(kv_cache_dtype: str) -> str:
+    """The dtype of cross-attention K/V and bias for a decoder whose self-attention cache has
+    ``kv_cache_dtype``: float16 graphs attend in float16 (GPU bundles), every other in float32."""
+    return "float16" if kv_cache_dtype == "float16" else "float32"
+
+
+def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int, dtype: str = "float32") -> GraphSpec:
+    """The conditioning stays float32 in (it comes from the projector); K/V and bias come out in ``dtype``."""
+    outputs = cross_attention_inputs(num_layers, num_heads, head_dim, dtype)
+    outputs.append(TensorSpec("cross_attention_bias", dtype, ("batch", 1, 1, "cond_len")))
     return GraphSpec(
         "cross_kv",
         (TensorSpec("conditioning", "float32", ("batch", "cond_len", text_dim)),
@@ -100,27 +103,31 @@ def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int)
     )
 
 
-def cross_attention_inputs(num_layers: int, num_heads: int, head_dim: int) -> list[TensorSpec]:
+def cross_attention_inputs(num_layers: int, num_heads: int, head_dim: int,
+                           dtype: str = "float32") -> list[TensorSpec]:
     """cross_key.{i} / cross_value.{i} (from cross_kv.onnx), as every decoder graph takes them."""
     inputs = []
     for i in range(num_layers):
-        inputs.append(TensorSpec(f"cross_key.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
-        inputs.append(TensorSpec(f"cross_value.{i}", "float32", ("batch", num_heads, "cond_len", head_dim)))
+        inputs.append(TensorSpec(f"cross_key.{i}", dtype, ("batch", num_heads, "cond_len", head_dim)))
+        inputs.append(TensorSpec(f"cross_value.{i}", dtype, ("batch", num_heads, "cond_len", head_dim)))
     return inputs
 
 
 def decoder_step_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int,
                       kv_cache_dtype: str = "float32") -> GraphSpec:
     """The step graph; with ``kv_cache_dtype="int8"`` the cache is int8 and per-channel
-    scales ``k_scale.{i}`` / ``v_scale.{i}`` (1, H, 1, 64) are inputs."""
+    scales ``k_scale.{i}`` / ``v_scale.{i}`` (1, H, 1, 64) are inputs; with "float16" the
+    whole graph computes in float16 (cross-attention inputs included) and only the logits
+    come out in float32."""
+    cross = attention_dtype(kv_cache_dtype)
     inputs = [
         TensorSpec("input_ids", "int64", ("batch", num_codebooks, "seq")),
         TensorSpec("seqlens_k", "int32", ("batch",)),
         TensorSpec("total_sequence_length", "int32", ()),
-        TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len")),
+        TensorSpec("cross_attention_bias", cross, ("batch", 1, 1, "cond_len")),
     ]
     outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
-    inputs += cross_attention_inputs(num_layers, num_heads, head_dim)
+    inputs += cross_attention_inputs(num_layers, num_heads, head_dim, cross)
     for i in range(num_layers):
         for kind in ("key", "value"):
             inputs.append(TensorSpec(f"past_{kind}.{i}", kv_cache_dtype, ("batch", num_heads, "cache_len", head_dim)))
@@ -153,18 +160,3 @@ def encodec_stream_specs(num_codebooks: int, channels: int, lstm_layers: int) ->
         (TensorSpec("audio_values", "float32", ("batch", 1, "samples")),),
     )
     return front, back
-
-
-def decoder_step_plain_spec(num_codebooks: int, vocab: int, num_layers: int, num_heads: int, head_dim: int,
-                            max_length: int) -> GraphSpec:
-    """The TensorRT step: the whole static cache in, this step's K/V row out."""
-    inputs = [TensorSpec("input_ids", "int64", ("batch", num_codebooks, 1)),
-              TensorSpec("position", "int64", (1,)),
-              TensorSpec("cross_attention_bias", "float32", ("batch", 1, 1, "cond_len"))]
-    outputs = [TensorSpec("logits", "float32", ("batch", num_codebooks, vocab))]
-    inputs += cross_attention_inputs(num_layers, num_heads, head_dim)
-    for i in range(num_layers):
-        for kind in ("key", "value"):
-            inputs.append(TensorSpec(f"past_{kind}.{i}", "float32", ("batch", num_heads, max_length, head_dim)))
-            outputs.append(TensorSpec(f"new_{kind}.{i}", "float32", ("batch", num_heads, 1, head_dim)))
-    return GraphSpec("decoder_step_plain", tuple(inputs), tuple(outputs))

@@ -8,7 +8,8 @@ Usage::
         --bundle engines/small-int4 --threads 2
 
 Batch 1 with classifier-free guidance (2 rows), at 16 / 256 / 1024 / 1500 cached
-positions. "all-in" is one generator step as the runtime runs it: graph + guidance +
+positions. ``--provider cuda|tensorrt`` times an fp16 bundle on the GPU against
+transformers eager in float16 on the same GPU. "all-in" is one generator step as the runtime runs it: graph + guidance +
 temperature/top-k sampling + delay-pattern bookkeeping; "graph" is the session run
 alone. The eager baseline is transformers' decoder with its own KV cache plus the
 same guidance and sampling in torch, what ``generate`` does per step. The cache is
@@ -32,6 +33,7 @@ if __package__ in (None, ""):
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from benchmarks.machine import machine_record
 from benchmarks.stats import time_calls
+from runtime.cli_types import add_provider_arguments
 from runtime.sampling import SamplingConfig
 
 
@@ -73,28 +75,31 @@ def bench_onnx(pipeline, cond, mask, positions, sampling, warmup, repeats) -> di
     return results
 
 
-def bench_eager(models, cond, mask, positions, sampling, warmup, repeats) -> dict:
+def bench_eager(models, cond, mask, positions, sampling, warmup, repeats, device: str = "cpu") -> dict:
+    """transformers' decoder with its own cache + guidance and sampling in torch, per step.
+    ``device="cuda"``: float16 on the GPU (the GPU bundles' precision), synchronized per step."""
     import torch
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    mg = models.musicgen
+    dtype = torch.float16 if device != "cpu" else torch.float32
+    mg = models.musicgen.to(device, dtype)
     dec = mg.config.decoder
     heads, head_dim = dec.num_attention_heads, dec.hidden_size // dec.num_attention_heads
     k = models.num_codebooks
     results = {}
     with torch.inference_mode():
-        states = torch.from_numpy(cond)
+        states = torch.from_numpy(cond).to(device, dtype)
         if hasattr(mg, "enc_to_dec_proj"):
             states = mg.enc_to_dec_proj(states)
-        mask_t = torch.from_numpy(mask)
+        mask_t = torch.from_numpy(mask).to(device)
         states = torch.cat([states * mask_t[..., None], torch.zeros_like(states)])  # (2, N, D)
         enc_mask = torch.cat([mask_t, torch.zeros_like(mask_t)])
-        ids = torch.full((2 * k, 1), 2048, dtype=torch.long)
-        gen = torch.Generator().manual_seed(0)
+        ids = torch.full((2 * k, 1), 2048, dtype=torch.long, device=device)
+        gen = torch.Generator(device=device).manual_seed(0)
         for pos in positions:
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
             for layer in range(dec.num_hidden_layers):
-                kv = torch.randn(2, heads, pos, head_dim)
+                kv = torch.randn(2, heads, pos, head_dim, device=device, dtype=dtype)
                 cache.self_attention_cache.update(kv, kv.clone(), layer)
 
             def step():
@@ -105,8 +110,9 @@ def bench_eager(models, cond, mask, positions, sampling, warmup, repeats) -> dic
                 scores = scores / sampling.temperature
                 kth = torch.topk(scores, sampling.top_k, dim=-1).values[..., -1:]
                 scores = scores.masked_fill(scores < kth, float("-inf"))
-                probs = torch.softmax(scores, dim=-1).reshape(k, -1)
-                return torch.multinomial(probs, 1, generator=gen)
+                probs = torch.softmax(scores.float(), dim=-1).reshape(k, -1)
+                tokens = torch.multinomial(probs, 1, generator=gen).cpu()  # to the host, as the next step needs
+                return tokens
 
             # Each call appends one position: the cache grows from pos to pos + warmup + repeats.
             times = time_calls(step, warmup, repeats)
@@ -129,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15, help="timed steps per position")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for both backends")
+    add_provider_arguments(p)
     p.add_argument("--no-eager", action="store_true", help="skip the transformers baseline")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -141,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnx_results = {}
     cond = mask = None
     for bundle in args.bundle:
-        pipeline = OnnxPipeline.load(bundle, threads=args.threads, verify_hashes=False)
+        pipeline = OnnxPipeline.load(bundle, threads=args.threads, verify_hashes=False, provider=args.provider,
+                                     cuda_graph=args.cuda_graph)
         if cond is None:
             cond, mask = conditioning_from_bundle(pipeline)
         label = f"ORT {pipeline.bundle.precision}"
@@ -160,9 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if preset is None:
             raise Img2MusicError("the eager baseline needs --preset (the bundle was not built from one)")
         torch.set_num_threads(args.threads)
-        print(f"transformers eager: preset {preset}", flush=True)
+        device = "cpu" if args.provider == "cpu" else "cuda"
+        print(f"transformers eager: preset {preset} on {device}", flush=True)
         models = load_models(preset=preset)
-        eager = bench_eager(models, cond, mask, args.positions, sampling, args.warmup, max(5, args.repeats // 2))
+        eager = bench_eager(models, cond, mask, args.positions, sampling, args.warmup, max(5, args.repeats // 2),
+                            device=device)
 
     machine = machine_record()
     rows = []

@@ -12,12 +12,12 @@ from benchmarks.suite_config import SuiteConfig, benchmark_image
 from runtime.sampling import SamplingConfig
 
 
-def measure_bundle(bundle: str, config: SuiteConfig, providers: list[str] | None = None) -> dict:
+def measure_bundle(bundle: str, config: SuiteConfig, provider: str = "cpu") -> dict:
     from runtime.onnx_pipeline import OnnxPipeline
     from runtime.preprocess import preprocess_images
 
     start = time.perf_counter()
-    pipeline = OnnxPipeline.load(bundle, threads=config.threads, providers=providers)
+    pipeline = OnnxPipeline.load(bundle, threads=config.threads, provider=provider)
     load_s = time.perf_counter() - start
     image = benchmark_image()
     w, r = config.warmup, config.repeats
@@ -52,5 +52,5 @@ def measure_bundle(bundle: str, config: SuiteConfig, providers: list[str] | None
         wall = time_calls(lambda: pipeline([image], seconds, sampling), 0, config.e2e_repeats)
         rtf[f"{seconds:g}s"] = {"audio_seconds": seconds, "wall_seconds": min(wall), "rtf": min(wall) / seconds}
     return {"kind": "onnxruntime", "precision": pipeline.bundle.precision, "bundle": str(bundle),
-            "providers": providers or ["CPUExecutionProvider"],
+            "provider": provider,
             "load_seconds": load_s, "stages": stages, "rtf": rtf, "peak_rss_mb": peak_rss_mb()}

@@ -30,6 +30,7 @@ if __package__ in (None, ""):
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from benchmarks.machine import machine_record
 from benchmarks.suite_config import SuiteConfig, stage_names
+from runtime.backends import PROVIDERS
 
 MEASUREMENTS = {
     "bundle": "benchmarks.onnx_stages:measure_bundle",
@@ -89,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None, help="CLIP checkpoint for the eager baseline")
     p.add_argument("--text-pipeline", choices=("none", "tiny", "cpu-max"), default="none",
                    help="thesis comparison with random-weight captioner + LLM stand-ins")
-    p.add_argument("--provider", action="append", default=None, metavar="NAME",
-                   help="onnxruntime execution provider for the bundles (default CPUExecutionProvider); repeatable")
+    p.add_argument("--provider", choices=PROVIDERS, default="cpu",
+                   help="where the bundles run (runtime/backends.py): cpu, cuda or tensorrt (fp16 bundles)")
     p.add_argument("--out", default="results", help="output directory")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads per backend")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls per short stage")
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bundle in args.bundle:
         print(f"measuring {bundle} on onnxruntime ...", flush=True)
         result = run_isolated("bundle", bundle, config, args.provider)
-        name = f"ort-{result['precision']}"
+        name = f"ort-{result['precision']}" + ("" if args.provider == "cpu" else f"-{args.provider}")
         while name in backends:
             name += "'"
         backends[name] = result

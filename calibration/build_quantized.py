@@ -1,10 +1,14 @@
-"""Turn the fp32 graphs of a bundle being built into an int8 or int4 bundle.
+"""Turn the fp32 graphs of a bundle being built into an fp16, int8 or int4 bundle.
 
-Steps: representative images -> fp32 CLIP + projector -> conditionings; fp32
+Steps: representative images -> fp32 CLIP + projector -> conditionings. int8/int4: fp32
 generations -> per-channel KV scales; MatMulNBits weights for decoder_step (8 or 4
-bit) and clip_vision (8 bit); an int8 KV cache in decoder_step; the accuracy report
-against fp32 (build fails under the thresholds); then the fp32 graphs are replaced.
-The calibration is deterministic for a seed: same images, same seeds, same scales.
+bit) and clip_vision (8 bit); an int8 KV cache in decoder_step. fp16 (GPU bundles):
+decoder_step, cross_kv and clip_vision in float16 (calibration/half_precision.py), no
+calibration. Then the accuracy report against fp32 (the build fails under the
+thresholds) and the fp32 graphs are replaced. Deterministic for a seed: same images,
+same seeds, same scales. The report runs on the CPU provider: for fp16 that measures the
+graphs' float16 weights and storage, while ops the CPU provider has no float16 kernel
+for compute in float32; a GPU run measures the rest (benchmarks/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from basics.graph_specs import LM_HEADS_NODE
 from basics.model_config import DecoderConfig
 from basics.onnx_files import save_model
 from calibration.accuracy import THRESHOLDS, check, clip_cosine, greedy_agreement, teacher_forced, write_report
+from calibration.half_precision import KEEP_FLOAT32_IO, to_float16
 from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
 from calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
 from calibration.representative_data import representative_images
@@ -41,30 +46,31 @@ class QuantizationOptions:
     """What to quantize and what to calibrate on."""
 
     precision: str
-    """int8 (8-bit weights) or int4 (4-bit decoder weights); both get an int8 KV cache."""
+    """int8 (8-bit weights) or int4 (4-bit decoder weights), both with an int8 KV cache; or
+    fp16 (float16 graphs and cache, for GPUs)."""
     images: str | None = None
     """Folder of calibration images (default: skimage.data photographs + augmentations)."""
     image_limit: int | None = None
     """Use only the first N (augmented) images."""
     kv: KvCalibrationConfig = field(default_factory=KvCalibrationConfig)
-    """How much fp32 generation the KV calibration runs."""
+    """How much fp32 generation the KV calibration runs (int8/int4); its seed and guidance
+    scale also drive the accuracy report."""
     report_steps: int = 250
     """Teacher-forced steps and greedy frames of the accuracy report."""
     report_batch: int = 2
     """Conditionings in the accuracy report."""
     clip_images: int = 16
     """Images for the CLIP cosine."""
+    report_provider: str = "cpu"
+    """fp16: where the converted graphs run for the report: cpu, or cuda (the GPU's own float16
+    numerics: benchmarks/gpu_check.py). The fp32 reference always runs on the CPU."""
 
 
 def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: ClipImageConfig,
                     options: QuantizationOptions, report=None) -> dict:
-    """Quantize the fp32 graphs in ``root``; returns the manifest sections it defines.
+    """Convert the fp32 graphs in ``root``; returns the manifest sections it defines.
     ``report`` receives the summary lines (default: the log)."""
-    import onnx
-
     report = report or log.info
-    shape = decoder_config
-    bits = WEIGHT_BITS[options.precision]
     sessions = {n: create_session(root / f"{n}.onnx") for n in ("clip_vision", "projector", "cross_kv", "decoder_step")}
 
     images = representative_images(options.images, options.image_limit)
@@ -79,6 +85,93 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
     report(f"  calibration data: {len(images)} images -> {len(keep)} distinct conditionings")
 
     fp32_generator = CodeGenerator(OrtDecoderSession(sessions["decoder_step"], sessions["cross_kv"], decoder_config))
+    tmp = root / "converted"
+    tmp.mkdir()
+    if options.precision == "fp16":
+        sections, test_generator = _float16_graphs(root, tmp, decoder_config, options.report_provider)
+    else:
+        sections, test_generator = _quantized_graphs(root, tmp, decoder_config, fp32_generator, cond, mask, images,
+                                                     options, report)
+
+    n = min(options.report_batch, len(cond))
+    frames = options.report_steps - decoder_config.num_codebooks + 1
+    fp32_generator.generate(cond[:n], mask[:n], frames, SamplingConfig(seed=options.kv.seed))
+    tokens = fp32_generator.tokens  # (n, K, L) the decoder inputs of an fp32 sampled generation
+    tf = teacher_forced(fp32_generator, test_generator, cond[:n], mask[:n], tokens, options.kv.guidance_scale)
+    greedy = greedy_agreement(fp32_generator, test_generator, cond[:n], mask[:n], frames, options.kv.guidance_scale)
+    cosine = clip_cosine(sessions["clip_vision"], create_session(tmp / "clip_vision.onnx", providers=_providers(
+        options.report_provider if options.precision == "fp16" else "cpu")), pixels[: options.clip_images])
+    data = {
+        "precision": options.precision,
+        "weights": sections.pop("weights"),
+        "kv_cache": sections.pop("kv_cache_note"),
+        "data": f"{len(keep)} conditionings from {len(images)} images, {options.report_steps} steps, "
+                f"seed {options.kv.seed}",
+        "thresholds": asdict(THRESHOLDS[options.precision]),
+        "teacher_forced": tf,
+        "greedy": {"agreement": greedy, "frames": frames},
+        "clip": {"cosine": cosine, "images": int(min(options.clip_images, len(pixels)))},
+        "encodec": {"quantized": False, "snr_db": None, "note": "not converted (fp32): identical to fp32"},
+    }
+    data["failures"] = check(options.precision, data)
+    summary = write_report(root, data)
+    report(f"  accuracy: teacher-forced agreement {tf['agreement']:.4f}, KL {tf['kl_mean']:.3g}, "
+           f"max |Δlogit| {tf['max_abs_diff']:.3g}, greedy agreement {greedy:.4f}, CLIP cosine {cosine:.5f} -> "
+           f"{'PASS' if summary['passed'] else 'FAIL'}")
+    for generator in (test_generator, fp32_generator):
+        generator.decoder.close()
+    del sessions
+    if data["failures"]:
+        raise Img2MusicError(f"{options.precision} bundle below its accuracy thresholds: " + "; ".join(data["failures"]))
+
+    for new in sorted(tmp.iterdir()):  # the converted graphs replace their fp32 originals
+        for old in root.glob(new.name.split(".onnx")[0] + ".onnx*"):
+            old.unlink()
+    for new in sorted(tmp.iterdir()):
+        new.rename(root / new.name)
+    tmp.rmdir()
+    scales = sections.pop("kv_scales", None)
+    if scales is not None:
+        np.savez(root / KV_SCALES_FILE, scales=scales.scales, absmax=scales.absmax,
+                 decoder_step_sha256=np.array(sha256_file(root / "decoder_step.onnx")))
+    return sections | {"precision": options.precision, "accuracy": summary}
+
+
+def _providers(provider: str) -> list[str]:
+    return ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _float16_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, provider: str):
+    """decoder_step, cross_kv and clip_vision in float16 into ``tmp``; (manifest sections, fp16 generator
+    running on ``provider``)."""
+    import onnx
+
+    for name in KEEP_FLOAT32_IO:
+        save_model(to_float16(onnx.load(str(root / f"{name}.onnx"), load_external_data=True), name),
+                   tmp / f"{name}.onnx")
+    providers = _providers(provider)
+    generator = CodeGenerator(OrtDecoderSession(create_session(tmp / "decoder_step.onnx", providers=providers),
+                                                create_session(tmp / "cross_kv.onnx", providers=providers),
+                                                decoder_config, device="cpu" if provider == "cpu" else "cuda"))
+    sections = {
+        "weights": "decoder_step, cross_kv, clip_vision in float16 (onnxruntime.transformers.float16); "
+                   f"projector and EnCodec float32; measured on the {provider} provider",
+        "kv_cache_note": "float16",
+        "quantization": {"method": "onnxruntime.transformers.float16.convert_float_to_float16",
+                         "graphs": {name: {"dtype": "float16", "float32_io": keep}
+                                    for name, keep in KEEP_FLOAT32_IO.items()}},
+        "kv_cache": {"dtype": "float16", "granularity": None, "scales_file": None},
+        "graph_precisions": {name: "fp16" for name in KEEP_FLOAT32_IO},
+    }
+    return sections, generator
+
+
+def _quantized_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, fp32_generator: CodeGenerator, cond,
+                      mask, images, options: QuantizationOptions, report):
+    """KV scales, MatMulNBits decoder + CLIP and an int8 cache into ``tmp``; (manifest sections, generator)."""
+    import onnx
+
+    bits = WEIGHT_BITS[options.precision]
     provenance = {"images": options.images or "skimage.data photographs + augmentations",
                   "image_names": [name for name, _ in images]}
     kv = calibrate_kv_scales(fp32_generator, cond, mask, options.kv, provenance)
@@ -86,59 +179,19 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
 
     decoder_model = onnx.load(str(root / "decoder_step.onnx"), load_external_data=True)
     decoder_model = quantize_weights(decoder_model, bits, keep_8bit=[LM_HEADS_NODE] if bits < 8 else None)
-    decoder_model = int8_kv_cache(decoder_model, shape.num_heads, shape.head_dim)
+    decoder_model = int8_kv_cache(decoder_model, decoder_config.num_heads, decoder_config.head_dim)
     clip_model = quantize_weights(onnx.load(str(root / "clip_vision.onnx"), load_external_data=True), 8,
                                   block_size=CLIP_BLOCK_SIZE)
-    tmp = root / "quantized"
-    tmp.mkdir()
     save_model(decoder_model, tmp / "decoder_step.onnx")
     save_model(clip_model, tmp / "clip_vision.onnx")
-    q_generator = CodeGenerator(OrtDecoderSession(create_session(tmp / "decoder_step.onnx"), sessions["cross_kv"],
-                                                  decoder_config, kv.scales))
-
-    n = min(options.report_batch, len(cond))
-    frames = options.report_steps - shape.num_codebooks + 1
-    fp32_generator.generate(cond[:n], mask[:n], frames, SamplingConfig(seed=options.kv.seed))
-    tokens = fp32_generator.tokens  # (n, K, L) the decoder inputs of an fp32 sampled generation
-    tf = teacher_forced(fp32_generator, q_generator, cond[:n], mask[:n], tokens, options.kv.guidance_scale)
-    greedy = greedy_agreement(fp32_generator, q_generator, cond[:n], mask[:n], frames, options.kv.guidance_scale)
-    cosine = clip_cosine(sessions["clip_vision"], create_session(tmp / "clip_vision.onnx"),
-                         pixels[: options.clip_images])
+    generator = CodeGenerator(OrtDecoderSession(create_session(tmp / "decoder_step.onnx"),
+                                                fp32_generator.decoder.cross_kv_session, decoder_config, kv.scales))
     block = BLOCK_SIZE[bits]
-    data = {
-        "precision": options.precision,
+    sections = {
         "weights": f"decoder_step MatMulNBits {bits}-bit (block {block}, symmetric"
                    + (", searched scales, output heads 8-bit" if bits < 8 else "")
                    + f"), clip_vision 8-bit (block {CLIP_BLOCK_SIZE})",
-        "kv_cache": "int8, per-channel scales from calibration",
-        "data": f"{len(keep)} conditionings from {len(images)} images, {options.report_steps} steps, "
-                f"seed {options.kv.seed}",
-        "thresholds": asdict(THRESHOLDS[options.precision]),
-        "teacher_forced": tf,
-        "greedy": {"agreement": greedy, "frames": frames},
-        "clip": {"cosine": cosine, "images": int(min(options.clip_images, len(pixels)))},
-        "encodec": {"quantized": False, "snr_db": None, "note": "not quantized (fp32): identical to fp32"},
-    }
-    data["failures"] = check(options.precision, data)
-    summary = write_report(root, data)
-    report(f"  accuracy: teacher-forced agreement {tf['agreement']:.4f}, KL {tf['kl_mean']:.5f}, "
-           f"greedy agreement {greedy:.4f}, CLIP cosine {cosine:.5f} -> {'PASS' if summary['passed'] else 'FAIL'}")
-    for generator in (q_generator, fp32_generator):
-        generator.decoder.close()
-    del sessions
-    if data["failures"]:
-        raise Img2MusicError(f"{options.precision} bundle below its accuracy thresholds: " + "; ".join(data["failures"]))
-
-    for name in ("decoder_step", "clip_vision"):
-        for old in root.glob(f"{name}.onnx*"):
-            old.unlink()
-        for new in tmp.glob(f"{name}.onnx*"):
-            new.rename(root / new.name)
-    tmp.rmdir()
-    np.savez(root / KV_SCALES_FILE, scales=kv.scales, absmax=kv.absmax,
-             decoder_step_sha256=np.array(sha256_file(root / "decoder_step.onnx")))
-    return {
-        "precision": options.precision,
+        "kv_cache_note": "int8, per-channel scales from calibration",
         "quantization": {
             "method": "onnxruntime MatMulNBits (symmetric, accuracy_level 4)",
             "graphs": {"decoder_step": {"bits": bits, "block_size": block, "output_heads_bits": 8,
@@ -147,8 +200,8 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
         },
         "kv_cache": {"dtype": "int8", "granularity": "per-channel (layer, k/v, head, dim)",
                      "scales_file": KV_SCALES_FILE},
-        "calibration": {k: v for k, v in kv.provenance.items() if k != "image_names"}
-        | {"num_images": len(images)},
-        "accuracy": summary,
+        "calibration": {k: v for k, v in kv.provenance.items() if k != "image_names"} | {"num_images": len(images)},
         "graph_precisions": {"decoder_step": options.precision, "clip_vision": "int8"},
+        "kv_scales": kv,
     }
+    return sections, generator

@@ -17,8 +17,11 @@ the end, so a failed or interrupted build leaves nothing half-written under ``--
 
 ``--precision int8|int4`` then calibrates (calibration/): fp32 generations over
 representative images give per-channel int8 KV cache scales, decoder_step gets 8- or
-4-bit MatMulNBits weights and an int8 cache, clip_vision 8-bit weights, and an
-accuracy report against fp32 (accuracy_report.json/.md) gates the build.
+4-bit MatMulNBits weights and an int8 cache, clip_vision 8-bit weights. ``--precision
+fp16`` makes a GPU bundle: decoder_step, cross_kv and clip_vision in float16. Either
+way an accuracy report against fp32 (accuracy_report.json/.md) gates the build.
+``--tensorrt`` (fp16, on the target GPU) adds TensorRT engines for ONNX Runtime's
+TensorRT provider to the bundle, recorded and hashed in the manifest.
 """
 
 from __future__ import annotations
@@ -49,15 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", default=None, help="CLIP hub id or local directory (default openai/clip-vit-base-patch32)")
     p.add_argument("--projector", default=None, metavar="CKPT",
                    help="trained projector checkpoint from training/train.py (default: the zero-shot prompt bank)")
-    p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
-                   help="onnxruntime (CPU, any machine), or tensorrt: plans for this machine's GPU on top of the "
-                        "ONNX bundle (needs the 'tensorrt' extra and a GPU)")
-    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8", "int4"), default="auto",
-                   help="onnxruntime: fp32 (auto), or int8 / int4 decoder weights with an int8 KV cache; "
-                        "tensorrt: fp16 (auto), int8 or fp32")
-    p.add_argument("--version-compatible", action="store_true",
-                   help="tensorrt: build plans that a newer TensorRT can run too (slower)")
-    c = p.add_argument_group("calibration (int8 / int4)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "int4"), default="fp32",
+                   help="fp32 (any provider); fp16: float16 graphs and cache for a GPU (--provider cuda / tensorrt); "
+                        "int8 / int4: quantized decoder weights and an int8 KV cache for the CPU")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="fp16 only: also build TensorRT engines for this machine's GPU into the bundle (ONNX "
+                        "Runtime's TensorRT provider; needs onnxruntime-gpu, TensorRT and the GPU they are for)")
+    c = p.add_argument_group("calibration and accuracy report (fp16 / int8 / int4)")
     c.add_argument("--calibration-images", default=None, metavar="DIR",
                    help="folder of representative images (default: skimage.data photographs + augmentations)")
     c.add_argument("--calibration-image-limit", type=int, default=None, help="use only the first N augmented images")
@@ -72,19 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    trt_precision = None
-    if args.backend == "tensorrt":
-        trt_precision = "fp16" if args.precision == "auto" else args.precision
-        if trt_precision not in ("fp16", "int8", "fp32"):
-            raise Img2MusicError(f"--backend tensorrt builds fp16, int8 or fp32 plans, not {trt_precision}")
-        from runtime.tensorrt_plan import current_facts
+    if args.tensorrt:
+        if args.precision != "fp16":
+            raise Img2MusicError("--tensorrt builds engines for fp16 bundles: add --precision fp16")
+        from runtime.gpu_facts import tensorrt_facts
 
-        facts = current_facts()  # fails here, in a second, on a machine without TensorRT or a GPU
+        facts = tensorrt_facts()  # fails here, in a second, on a machine without the GPU stack
         print(f"TensorRT {facts.tensorrt_version} on {facts.gpu_name} (compute {facts.compute_capability})")
-        args.precision = "fp32"  # the ONNX bundle underneath; the plans get trt_precision
-    elif args.precision == "fp16":
-        raise Img2MusicError("fp16 is a TensorRT precision; the onnxruntime backend builds fp32, int8 or int4")
-    args.precision = "fp32" if args.precision == "auto" else args.precision
     out = Path(args.out)
     if args.preset and (args.musicgen or args.clip):
         raise Img2MusicError("give either --preset or --musicgen/--clip, not both")
@@ -118,11 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = build_bundle(partial, models, seed=args.seed, report=lambda line: print(line, flush=True),
                                 quantization=quantization, projector_checkpoint=args.projector)
-        if trt_precision is not None:
-            from export.tensorrt_engines import build_tensorrt_plans
+        if args.tensorrt:
+            from export.tensorrt_cache import build_engine_cache
 
-            manifest["tensorrt"] = build_tensorrt_plans(partial, models, trt_precision,
-                                                        version_compatible=args.version_compatible, report=print)
+            manifest = build_engine_cache(partial, report=print)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

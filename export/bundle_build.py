@@ -44,11 +44,12 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
                  projector_checkpoint: str | None = None) -> dict:
     """Export, validate and describe every graph into ``out`` (which must not exist); returns
     the manifest as written. ``report`` receives progress and ✓/✗ lines (default: the log);
-    ``quantization``: ``calibration.build_quantized.QuantizationOptions`` for int8/int4;
+    ``quantization``: ``calibration.build_quantized.QuantizationOptions`` for fp16/int8/int4;
     ``projector_checkpoint``: a train.py checkpoint replacing the prompt bank."""
     import torch
 
     from basics.graph_specs import (
+        attention_dtype,
         clip_vision_spec,
         cross_kv_spec,
         decoder_step_spec,
@@ -151,10 +152,13 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     if quantization is not None:
         from calibration.build_quantized import quantize_bundle
 
-        step(f"{quantization.precision}: calibration, quantization, accuracy report")
+        step(f"{quantization.precision}: " + ("float16 graphs" if quantization.precision == "fp16"
+                                              else "calibration, quantization") + ", accuracy report")
         quantized = quantize_bundle(out, decoder_config, models.image_config, quantization, report=report)
+        cache = quantized["kv_cache"]["dtype"]
         specs["decoder_step"] = decoder_step_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads,
-                                                  d.head_dim, kv_cache_dtype="int8")
+                                                  d.head_dim, kv_cache_dtype=cache)
+        specs["cross_kv"] = cross_kv_spec(text_dim, d.num_layers, d.num_heads, d.head_dim, attention_dtype(cache))
     step("manifest.json (hashes, configs, versions)")
     return write_manifest(out, specs, models, directives, num_tokens, checks, quantized, projector=trained)
 

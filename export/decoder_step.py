@@ -11,8 +11,9 @@ positions on two cores). ONNX Runtime's ``com.microsoft.GroupQueryAttention`` re
 ``past_key``/``past_value`` of shape (B2, H, L_max, 64), writes only row
 ``seqlens_k`` and works in place when past and present are the same OrtValue (IO
 binding, ``runtime.ort_decoder_session``): 47 -> 67 ms in the prototype. It needs a
-head size that is a multiple of 8 (64 for every MusicGen). TensorRT has no such op:
-its standard-ops step is ``export/decoder_step_plain.py``.
+head size that is a multiple of 8 (64 for every MusicGen). TensorRT has no kernel for
+it, so under ``--provider tensorrt`` this graph stays on the CUDA provider
+(runtime/backends.py).
 
 Per layer (pre-LayerNorm, no biases, exact GELU)::
 
@@ -62,14 +63,17 @@ def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
         codes_k = g.op("Squeeze", [ids[k], g.const([1])])  # (B2, S)
         embeds.append(g.op("Gather", [table, codes_k], axis=0))  # (B2, S, D)
     x = g.op("Sum", embeds) if k_books > 1 else embeds[0]
-    # Positions total - S .. total - 1: the cached positions onwards (one step: just
-    # the count of cached positions; a prefill into an empty cache: 0 .. S-1).
+    # Positions seqlens_k - S + 1 .. seqlens_k (seqlens_k = cached + S - 1; one step: the
+    # count of cached positions; a prefill into an empty cache: 0 .. S-1). From seqlens_k,
+    # not total_sequence_length: a captured CUDA graph keeps total fixed at the cache length
+    # and only seqlens_k (a device tensor) moves.
     seq_1 = g.op("Shape", ["input_ids"], start=2, end=3)  # [S]
     seq = g.op("Squeeze", [seq_1, g.const([0])])
-    total = g.op("Cast", ["total_sequence_length"], to=INT64)
-    # first + Range(0, S): ORT 1.32 rewrites Gather(table, Range(first, total)) into a
+    last = g.op("Cast", [g.op("Gather", ["seqlens_k", g.const(0)], axis=0)], to=INT64)  # () all rows alike
+    # first + Range(0, S): ORT 1.32 rewrites Gather(table, Range(first, last + 1)) into a
     # Slice that fails at run time, so the Range must not feed the Gather directly.
-    pos_ids = g.op("Add", [g.op("Range", [g.const(0), seq, g.const(1)]), g.op("Sub", [total, seq])])  # (S,)
+    first = g.op("Add", [g.op("Sub", [last, seq]), g.const(1)])
+    pos_ids = g.op("Add", [g.op("Range", [g.const(0), seq, g.const(1)]), first])  # (S,)
     positions = g.weight("embed_positions", dec.embed_positions.weights.detach().float().numpy())
     x = g.op("Add", [x, g.op("Gather", [positions, pos_ids], axis=0)])  # (B2, S, D)
     # The cross-attention mask, once for all layers: (B2, 1, 1, N) -> (B2, 1, S, N).

@@ -34,3 +34,13 @@ def non_negative(text: str) -> float:
 
 
 positive_float = positive(float)
+
+
+def add_provider_arguments(parser: argparse.ArgumentParser) -> None:
+    """--provider and --no-cuda-graph, as every CLI that runs a bundle takes them."""
+    from runtime.backends import PROVIDERS
+
+    parser.add_argument("--provider", choices=PROVIDERS, default="cpu",
+                        help="where the bundle runs: cpu (any bundle), cuda or tensorrt (fp16 bundles, onnxruntime-gpu)")
+    parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                        help="GPU: run the decoder step without CUDA-graph replay")

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as `python runtime/generate.py`
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from basics.presets import PRESETS  # plain data: imports neither torch nor transformers
 from runtime.audio_files import WavRecorder, prepare_output_dir, wav_names
-from runtime.cli_types import positive_float
+from runtime.cli_types import add_provider_arguments, positive, positive_float
 from runtime.preprocess import check_images
 from runtime.sampling import SamplingConfig
 
@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default facebook/musicgen-small + openai/clip-vit-base-patch32)")
     src.add_argument("--engines", default=None, metavar="DIR",
                      help="engine bundle from export/build_engines.py (runs on onnxruntime, no torch)")
-    src.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime (default: all cores)")
+    src.add_argument("--threads", type=positive(int), default=None,
+                     help="CPU threads for onnxruntime (default: all cores)")
+    add_provider_arguments(src)
     src.add_argument("--window-seconds", type=positive_float, default=30.0,
                      help="--engines: generation window before re-priming (MusicGen's trained 30 s; at most ~40.9 s)")
     src.add_argument("--keep-seconds", type=positive_float, default=12.0,
@@ -96,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from runtime.onnx_pipeline import OnnxPipeline
 
         with timer.stage("load bundle"):
-            pipeline = OnnxPipeline.load(args.engines, threads=args.threads)
+            pipeline = OnnxPipeline.load(args.engines, threads=args.threads, provider=args.provider,
+                                         cuda_graph=args.cuda_graph)
     else:
         from basics.models import load_models
         from runtime.reference import ReferencePipeline

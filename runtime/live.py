@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as `python runtime/live.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from basics.errors import Img2MusicError, run_cli, setup_logging
-from runtime.cli_types import non_negative, positive
+from runtime.cli_types import add_provider_arguments, non_negative, positive
 from runtime.live_engine import LiveConfig
 from runtime.sampling import SamplingConfig
 from runtime.scene import SceneConfig
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds without a good frame before the source is reopened")
     p.add_argument("--engines", required=True, metavar="DIR", help="engine bundle from export/build_engines.py")
     p.add_argument("--threads", type=positive(int), default=None, help="CPU threads for onnxruntime (default: all)")
+    add_provider_arguments(p)
     out = p.add_argument_group("output")
     out.add_argument("--device", default=None, help="sound output device (index or name; default: system default)")
     out.add_argument("--rate", type=positive(int), default=None,
@@ -127,13 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     summary = run_live(args.engines, source, config, no_audio=args.no_audio, device=device, rate=args.rate,
-                       record=args.record, metrics=args.metrics, threads=args.threads)
+                       record=args.record, metrics=args.metrics, threads=args.threads, provider=args.provider,
+                       cuda_graph=args.cuda_graph)
     print(summary)
     return 0
 
 
 def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=None, rate: int | None = None,
              record: str | None = None, metrics: str | None = None, threads: int | None = None,
+             provider: str = "cpu", cuda_graph: bool = True,
              engine_hook=None) -> str:
     """One live session; returns the summary line. ``engine_hook(engine)`` runs before the
     start (tests use it to slow the generator or stop it from another thread)."""
@@ -147,7 +150,7 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     # Live runs CLIP, playout and the source beside the decoder: ORT's busy-waiting
     # threads would take their cores (measured on 2 cores, small-random int4: RTF of the
     # generator 1.14 with spinning, 0.93 without).
-    pipeline = OnnxPipeline.load(engines, threads=threads, spinning=False)
+    pipeline = OnnxPipeline.load(engines, threads=threads, spinning=False, provider=provider, cuda_graph=cuda_graph)
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))
     ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)))  # room for the re-prime boost
     recorder = WavRecorder(record, out_rate) if record else None

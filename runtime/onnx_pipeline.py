@@ -63,11 +63,11 @@ class OnnxPipeline:
 
     @classmethod
     def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,
-             providers: Sequence[str] | None = None, spinning: bool = True) -> "OnnxPipeline":
-        """``providers``: onnxruntime execution providers (default CPU; runtime.backends says what
-        others do). ``spinning=False`` when other threads need the cores (live)."""
-        options = SessionOptions(threads=threads, spinning=spinning,
-                                 **({"providers": tuple(providers)} if providers else {}))
+             provider: str = "cpu", spinning: bool = True, cuda_graph: bool = True) -> "OnnxPipeline":
+        """``provider``: cpu, cuda or tensorrt (``runtime.backends`` says what each runs and
+        refuses). ``spinning=False`` when other threads need the cores (live);
+        ``cuda_graph=False`` runs a GPU decoder step without graph replay."""
+        options = SessionOptions(provider=provider, threads=threads, spinning=spinning, cuda_graph=cuda_graph)
         return cls(load_bundle(root, verify_hashes=verify_hashes), options)
 
     @property

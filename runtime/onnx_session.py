@@ -16,15 +16,25 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def create_session(path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None,
+def onnxruntime():
+    """The onnxruntime module, or one clear error naming the extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise Img2MusicError("onnxruntime is not installed: pip install 'img2music[cpu]' (or 'img2music[gpu]' on an "
+                             "NVIDIA machine: onnxruntime-gpu, which runs on the CPU too)") from None
+    return onnxruntime
+
+
+def create_session(path: str | os.PathLike, threads: int | None = None, providers: list | None = None,
                    spinning: bool = True):
-    """An ``InferenceSession`` for one bundle graph (CPU provider unless told otherwise).
+    """An ``InferenceSession`` for one bundle graph (CPU provider unless told otherwise;
+    ``providers`` as onnxruntime takes them: names, or (name, options) pairs).
 
     ``spinning=False``: ORT's worker threads sleep instead of busy-waiting between runs.
     Busy-waiting shaves latency off back-to-back runs of one session, but steals the
     cores from anything else running at the same time (the live runtime's CLIP thread)."""
-    import onnxruntime as ort
-
+    ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or default_threads()
@@ -33,7 +43,8 @@ def create_session(path: str | os.PathLike, threads: int | None = None, provider
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = providers or ["CPUExecutionProvider"]
-    missing = [p for p in providers if p not in ort.get_available_providers()]
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    missing = [p for p in names if p not in ort.get_available_providers()]
     if missing:
         raise Img2MusicError(
             f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(ort.get_available_providers())}); "

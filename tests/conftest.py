@@ -99,3 +99,13 @@ def tiny_quantized_bundle(request, tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("bundles") / f"tiny-{request.param}"
     build_bundle(root, tiny_models, report=lambda line: None, quantization=quick_quantization(request.param))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_bundle(tmp_path_factory, tiny_models):
+    """The tiny preset as a GPU (fp16) bundle; its accuracy report runs on the CPU."""
+    from export.bundle_build import build_bundle
+
+    root = tmp_path_factory.mktemp("bundles") / "tiny-fp16"
+    build_bundle(root, tiny_models, report=lambda line: None, quantization=quick_quantization("fp16"))
+    return root
