@@ -63,7 +63,7 @@ def test_build_engines_cli(tmp_path):
     again = run("export/build_engines.py", "--preset", "tiny", "--out", out)
     assert again.returncode != 0 and "--force" in again.stderr and "Traceback" not in again.stderr
     help_text = " ".join(run("export/build_engines.py", "--help").stdout.split())
-    assert "(default: auto)" in help_text and "(default: onnxruntime)" in help_text
+    assert "(default: fp32)" in help_text and "--tensorrt" in help_text
 
 
 def test_engines_any_length_through_windows(tiny_bundle, photo_files, tmp_path):
