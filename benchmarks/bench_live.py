@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_live.py latency --engines /tmp/engines/tiny --engines /tmp/engines/small-int4
     python benchmarks/bench_live.py soak --engines /tmp/engines/tiny --seconds 600
+    python benchmarks/bench_live.py rtf --engines engines/small-int4 --seconds 60 --scene-seconds 20 --threads 2
 
 ``latency``: a source shows one generated scene, then switches to another every
 ``--switch-every`` seconds, at times it records. Latency is measured from the switch
@@ -16,6 +17,9 @@ timed on the bundle: one transition step in 'blend' mode (a cross_kv run) agains
 
 ``soak``: a synthetic-scene run of ``--seconds`` of music; RSS from the metrics
 snapshots (first after warm-up, last, max).
+
+``rtf``: the decider for live real time (see :func:`rtf`); its last line is
+``live/batch RTF ratio R; live RTF L; batch RTF B; silences S; recoveries C``.
 """
 
 from __future__ import annotations
@@ -95,6 +99,57 @@ def transition_costs(engine, repeats: int = 3) -> tuple[float, float]:
     return tuple(round(statistics.median(times[k]) * 1000, 1) for k in ("blend", "reprime"))
 
 
+def python_loop_seconds() -> float:
+    """A fixed pure-Python loop (10^7 additions): 0.65-0.75 s on a calm 2-core CI machine."""
+    start, x = time.perf_counter(), 0
+    for i in range(10**7):
+        x += i
+    return time.perf_counter() - start
+
+
+def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: int = 0) -> dict:
+    """Live against batch generation of the same length, bundle, threads, window and chunks.
+
+    Live: synthetic scenes every ``scene_seconds``, no audio device (clock sink), RTF = the
+    generator thread's compute seconds / seconds of music. Batch: the same windows and chunk
+    size through ``OnnxPipeline.stream`` as fast as it goes, one scene (the live run's first),
+    RTF = wall seconds / seconds of music. Live runs first: its start-up chooses the window."""
+    import numpy as np
+
+    from runtime.live import run_live
+    from runtime.live_engine import LiveConfig
+    from runtime.onnx_pipeline import Conditioning, OnnxPipeline
+    from runtime.scene import SceneConfig
+
+    loop_before = python_loop_seconds()
+    holder = {}
+    config = LiveConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
+    summary = run_live(engines, SyntheticSource(scene_seconds=scene_seconds, seed=seed), config, threads=threads,
+                       engine_hook=lambda e: holder.update(e=e))
+    engine = holder["e"]
+    counts = engine.playout.counts
+    live_rtf = engine.busy_seconds / (engine.music_samples / engine.pipeline.sample_rate)
+    window, chunk = engine.window, config.chunk_frames
+    holder.clear()  # the live pipeline's sessions go before the batch run loads its own
+    del engine
+    pipeline = OnnxPipeline.load(engines, threads=threads)
+    image = SyntheticSource(scene_seconds=scene_seconds, seed=seed).scene_at(0).astype(np.uint8)
+    cond = pipeline.condition([image])
+    start = time.perf_counter()
+    for _ in pipeline.stream(conditioning=Conditioning(cond.conditioning, cond.mask), seconds=seconds,
+                             chunk_frames=chunk, window=window):
+        pass
+    batch_rtf = (time.perf_counter() - start) / seconds
+    loop_after = python_loop_seconds()
+    return {"engines": engines, "seconds": seconds, "scene_seconds": scene_seconds, "threads": threads,
+            "window_frames": window.window_frames, "keep_frames": window.keep_frames, "chunk_frames": chunk,
+            "live_rtf": round(live_rtf, 3), "batch_rtf": round(batch_rtf, 3),
+            "ratio": round(live_rtf / batch_rtf, 3), "silences": counts.silences,
+            "silence_seconds": round(counts.silence_seconds, 2), "repeats": counts.repeats,
+            "recoveries": counts.recoveries, "python_loop_s": [round(loop_before, 2), round(loop_after, 2)],
+            "summary": summary}
+
+
 def soak(engines: str, seconds: float, threads: int, metrics: str) -> dict:
     from runtime.live import run_live
     from runtime.live_engine import LiveConfig
@@ -128,12 +183,17 @@ def main(argv=None) -> int:
                      help="cosine distance for a change (random-weight CLIPs see synthetic scenes 0.05-0.4 apart)")
     lat.add_argument("--buffer", type=float, default=1.0, help="live buffer target in seconds")
     lat.add_argument("--embed-interval", type=float, default=0.25, help="seconds between looks at the newest frame")
+    rtf_p = sub.add_parser("rtf", help="live against batch generation of the same music, in one run",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rtf_p.add_argument("--engines", required=True, help="bundle directory")
+    rtf_p.add_argument("--seconds", type=float, default=60.0, help="seconds of music, live and batch")
+    rtf_p.add_argument("--scene-seconds", type=float, default=20.0, help="synthetic scene change every N seconds")
     soak_p = sub.add_parser("soak", help="RSS over a long synthetic run",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     soak_p.add_argument("--engines", required=True, help="bundle directory")
     soak_p.add_argument("--seconds", type=float, default=600.0, help="seconds of music")
     soak_p.add_argument("--metrics", default="soak_metrics.jsonl", help="JSONL metrics file written by the run")
-    for sp in (lat, soak_p):
+    for sp in (lat, rtf_p, soak_p):
         sp.add_argument("--threads", type=int, default=2, help="CPU threads for onnxruntime")
         sp.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -145,6 +205,14 @@ def main(argv=None) -> int:
                   f"over {r['detected']}/{r['switches']} switches {r['latency_s']}; RTF {r['rtf']}, "
                   f"underflows {r['underflows']}, repeats {r['degrade_repeats']}; transition step: "
                   f"blend {r['blend_step_ms']} ms vs re-prime of {r['keep_frames']} frames {r['reprime_step_ms']} ms")
+    elif args.mode == "rtf":
+        r = rtf(args.engines, args.seconds, args.scene_seconds, args.threads)
+        results = [r]
+        print(r["summary"])
+        print(f"window {r['window_frames']} frames, keep {r['keep_frames']}, chunk {r['chunk_frames']}; "
+              f"pure-Python loop (10^7 additions) {r['python_loop_s'][0]} s before, {r['python_loop_s'][1]} s after")
+        print(f"live/batch RTF ratio {r['ratio']}; live RTF {r['live_rtf']}; batch RTF {r['batch_rtf']}; "
+              f"silences {r['silences']}; recoveries {r['recoveries']}")
     else:
         results = [soak(args.engines, args.seconds, args.threads, args.metrics)]
         r = results[0]

@@ -113,6 +113,8 @@ class LiveEngine:
         self.embed_errors = 0
         self.rtf = 0.0
         self._step_seconds = 0.0
+        self.busy_seconds = 0.0
+        """Seconds the generator thread spent computing (transitions and chunks)."""
 
     # -- scene thread -----------------------------------------------------------
     def _scene_loop(self) -> None:
@@ -170,6 +172,7 @@ class LiveEngine:
         self.playout.mark(int(start_sample), "scene", scene.started)
 
     def _advance_transition(self) -> None:
+        start = time.perf_counter()
         old, new, stage, stages = self._transition
         stage += 1
         cond, mask = blend(old, new, stage / stages)
@@ -179,6 +182,7 @@ class LiveEngine:
             self.stream.blend_conditioning(cond, mask)
         self._applied = (cond, mask)
         self._transition = None if stage >= stages else (old, new, stage, stages)
+        self.busy_seconds += time.perf_counter() - start
 
     def _target(self) -> float:
         """Buffer target, raised ahead of a window re-prime so its prefill is hidden."""
@@ -232,6 +236,7 @@ class LiveEngine:
         self.frames_done += frames
         self._submit(audio, total)
         took = time.perf_counter() - start
+        self.busy_seconds += took
         self._step_seconds = took / frames
         rtf = self._step_seconds * self.pipeline.frame_rate
         self.rtf = 0.8 * self.rtf + 0.2 * rtf if self.rtf else rtf  # moving average for the status line
