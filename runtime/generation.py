@@ -83,12 +83,7 @@ class CodeGenerator:
         """Begin a piece for (B, N, D) conditioning + (B, N) mask: ``frames`` frames, or endless
         with None. Guidance on or off is fixed here (the batch doubles); its scale is not."""
         window = window or Windowing()
-        max_frames = self.decoder.config.max_frames
-        if not 0 < window.keep_frames < window.window_frames:
-            raise Img2MusicError(f"keep_frames must be in (0, window_frames); got {window.keep_frames} of "
-                                 f"{window.window_frames}")
-        if window.window_frames > max_frames:
-            raise Img2MusicError(f"a window holds at most {max_frames} frames; got {window.window_frames}")
+        self._check_window(window)
         if frames is not None:
             check_frames(frames)
         self.batch, self.guidance = conditioning.shape[0], sampling.uses_guidance
@@ -99,6 +94,20 @@ class CodeGenerator:
         self.piece += 1
         self._set_conditioning(conditioning, mask, reset=True)
         self._new_window(np.zeros((self.batch, self.k, 0), dtype=np.int64), window_start=0)
+
+    def _check_window(self, window: Windowing) -> None:
+        max_frames = self.decoder.config.max_frames
+        if not 0 < window.keep_frames < window.window_frames:
+            raise Img2MusicError(f"keep_frames must be in (0, window_frames); got {window.keep_frames} of "
+                                 f"{window.window_frames}")
+        if window.window_frames > max_frames:
+            raise Img2MusicError(f"a window holds at most {max_frames} frames; got {window.window_frames}")
+
+    def set_window(self, window: Windowing) -> None:
+        """Another window length (the live context budget's): a window already past it ends at the
+        next step (re-primed with the new prompt length), a longer one applies from the next window."""
+        self._check_window(window)
+        self.window = window
 
     def generate(self, conditioning: np.ndarray, mask: np.ndarray, frames: int, sampling: SamplingConfig,
                  on_step: Callable[[], None] | None = None, window: Windowing | None = None) -> np.ndarray:
@@ -133,8 +142,8 @@ class CodeGenerator:
         steps of a window complete no new frame)."""
         if self.done:
             raise Img2MusicError("the piece is complete")
-        if self.t + 1 >= self.sequence.shape[2]:
-            self._reprime(self.frames[:, :, self.count - self.window.keep_frames : self.count])
+        if self.t + 1 >= min(self.sequence.shape[2], self.window.window_frames + self.k):
+            self._reprime(self.frames[:, :, max(0, self.count - self.window.keep_frames) : self.count])
         if self._pending is not None:
             logits, self._pending = self._pending, None
         else:
@@ -179,7 +188,7 @@ class CodeGenerator:
     @property
     def frames_until_reprime(self) -> int:
         """Steps left in this window before the next re-prime."""
-        return self.sequence.shape[2] - 1 - self.t
+        return min(self.sequence.shape[2], self.window.window_frames + self.k) - 1 - self.t
 
     @property
     def tokens(self) -> np.ndarray:

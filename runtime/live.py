@@ -85,10 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds over which the music moves to a new scene (0 = at once)")
     lv.add_argument("--transition-mode", choices=("blend", "reprime"), default=d.transition_mode,
                     help="blend: interpolate conditioning keeping the KV cache; reprime: re-prime each step")
-    lv.add_argument("--window-seconds", type=positive(float), default=d.window_seconds,
-                    help="generation window before re-priming (capped by the model's positions)")
-    lv.add_argument("--keep-seconds", type=positive(float), default=d.keep_seconds,
-                    help="music carried into the next window as its prompt")
+    lv.add_argument("--window-seconds", type=positive(float), default=None,
+                    help="generation window before re-priming (default: the context budget measures this machine "
+                         "at start-up and chooses; capped by the model's positions)")
+    lv.add_argument("--keep-seconds", type=positive(float), default=None,
+                    help="music carried into the next window as its prompt (default: the context budget's choice)")
+    lv.add_argument("--stall-seconds", type=positive(float), default=d.stall_seconds,
+                    help="seconds without any fresh music before the playout fades to silence (until then it "
+                         "repeats recent music)")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
 
@@ -120,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk_frames=args.chunk_frames, buffer_seconds=args.buffer, transition_seconds=args.transition,
         transition_mode=args.transition_mode, embed_interval=args.embed_interval,
         window_seconds=args.window_seconds, keep_seconds=args.keep_seconds, duration=args.duration,
+        stall_seconds=args.stall_seconds,
         stale_after=args.stale_after,
         scene=SceneConfig(threshold=args.scene_threshold, confirm=args.scene_confirm, min_dwell=args.min_dwell,
                           pixel_gate=args.pixel_gate),
@@ -154,8 +159,9 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))
     ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)))  # room for the re-prime boost
     recorder = WavRecorder(record, out_rate) if record else None
-    playout = Playout(ring, out_rate, target=config.buffer_seconds, low_water=config.low_water, recorder=recorder)
-    engine = LiveEngine(pipeline, source, config, playout, out_rate)
+    playout = Playout(ring, out_rate, target=config.buffer_seconds, low_water=config.low_water, recorder=recorder,
+                      stall_seconds=config.stall_seconds)
+    engine = LiveEngine(pipeline, source, config, playout, out_rate, report=print)
     if engine_hook is not None:
         engine_hook(engine)
     sink = ClockSink(ring, out_rate) if no_audio else SoundDeviceSink(ring, out_rate, device)
@@ -187,7 +193,7 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
             signal.signal(signal.SIGINT, previous[1])
     text = (f"{stopped}: {last['music_s']:.2f} s of music, {last['scene_changes']} scene changes, "
             f"{last['underflows']} underflows, {last['reconnects']} source reconnects, "
-            f"degrade shorter/repeat/silence {last['degrade_shorter']}/{last['degrade_repeats']}/"
+            f"degrade cheaper/repeat/silence {last['degrade_cheaper']}/{last['degrade_repeats']}/"
             f"{last['degrade_silences']}, RTF {last['rtf']:.2f}")
     if recorder is not None:
         text += f"\nrecorded {recorder.samples / out_rate:.2f} s to {recorder.path}"

@@ -1,8 +1,20 @@
 """The live loop: frames -> scenes -> endless tokens -> streamed audio -> sound card / WAV.
 
-Threads: the source (runtime.live_sources), the scene thread (CLIP at a bounded rate,
-runtime.scene), the playout feeder (runtime.playout), the sink (runtime.audio_sink);
-the generator runs in the caller's thread, so Ctrl-C lands where the state is.
+Threads at the edges: the source (runtime.live_sources), the playout feeder
+(runtime.playout), the sink (runtime.audio_sink). Everything that computes runs in one
+thread, the caller's (so Ctrl-C lands where the state is): looks at the newest frame
+(thumbnail gate, CLIP, scene tracking) and music chunks, one at a time. On two cores two
+models running at once would each get half the cores and their thread pools would fight
+over them; one at a time, each gets both. :func:`next_action` decides what comes next:
+music while the buffer is under its target, a look when one is due (a look that is
+overdue comes first, so scene changes are still seen while generation is behind), and
+otherwise a wait for exactly as long as the buffer has to spare, not a polling loop.
+
+The window is chosen at start-up by the context budget (runtime.live_budget) from what a
+step costs on this machine, and re-chosen while running when the machine slows down or
+recovers; ``window_seconds`` / ``keep_seconds`` fix it instead. When the playout falls
+behind (its level >= 1) the chunks get longer, which costs less per second of music;
+the playout itself repeats recent music rather than going silent (runtime.playout).
 
 Transitions: a confirmed scene change moves the conditioning from the old scene to the
 new one in ``transition_seconds``, one step per chunk, by linear interpolation of the
@@ -22,12 +34,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from basics.errors import Img2MusicError
 from runtime.audio_sink import Resampler
 from runtime.generation import Windowing
+from runtime.live_budget import ContextBudget, measure_costs
 from runtime.live_sources import FrameSource, SourceThread
 from runtime.onnx_pipeline import Conditioning
 from runtime.playout import Playout
@@ -37,15 +51,33 @@ from runtime.scene import FrameGate, SceneConfig, SceneTracker
 
 log = logging.getLogger(__name__)
 
+MAX_LOOK_DELAY = 0.5
+"""Seconds a due look may wait for music chunks while generation is behind."""
+MAX_CHUNK_FRAMES = 100
+"""Longest chunk when behind (2 s)."""
+
+
+def next_action(now: float, buffered: float, target: float, next_look: float) -> tuple[str, float]:
+    """('look' | 'generate' | 'wait', seconds to wait): what the compute thread does next."""
+    if now >= next_look + MAX_LOOK_DELAY:
+        return "look", 0.0
+    if buffered < target:
+        return "generate", 0.0
+    if now >= next_look:
+        return "look", 0.0
+    return "wait", max(0.002, min(next_look - now, buffered - target))
+
 
 @dataclass
 class LiveConfig:
     chunk_frames: int = 25
-    """Code frames generated per chunk (50 per second); halved while falling behind."""
+    """Code frames generated per chunk (50 per second); doubled while falling behind."""
     buffer_seconds: float = 1.0
     """Audio kept ahead of the sound card; also the pre-roll before sound starts."""
     low_water: float = 0.15
     """Seconds left in the ring at which the playout starts repeating audio."""
+    stall_seconds: float = 10.0
+    """Seconds without any fresh music before the playout fades to silence."""
     transition_seconds: float = 4.0
     """Length of the conditioning blend after a scene change (0 = immediate swap)."""
     transition_mode: str = "blend"
@@ -53,10 +85,11 @@ class LiveConfig:
     embed_interval: float = 0.25
     """Seconds between looks at the newest frame; CLIP runs only when its thumbnail moved
     (scene.FrameGate), so a short interval costs little while the picture stands still."""
-    window_seconds: float = 30.0
-    """Length of one generation window (MusicGen's trained length); capped by the bundle."""
-    keep_seconds: float = 5.0
-    """Music carried into the next window as its prompt when a window is full."""
+    window_seconds: float | None = None
+    """Length of one generation window (None: the context budget chooses, at most MusicGen's
+    trained 30 s); capped by the bundle."""
+    keep_seconds: float | None = None
+    """Music carried into the next window as its prompt (None: the context budget chooses)."""
     duration: float | None = None
     """Stop after this many seconds of music (None: run until stopped)."""
     stale_after: float = 3.0
@@ -89,48 +122,53 @@ def blend(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]
 
 
 class LiveEngine:
-    """Runs one live session on an OnnxPipeline; ``sink`` drains ``playout.ring``."""
+    """Runs one live session on an OnnxPipeline; ``sink`` drains ``playout.ring``. ``report``
+    gets the start-up choices (the window) as one line (default: the log)."""
 
-    def __init__(self, pipeline, source: FrameSource, config: LiveConfig, playout: Playout, out_rate: int) -> None:
+    def __init__(self, pipeline, source: FrameSource, config: LiveConfig, playout: Playout, out_rate: int,
+                 report: Callable[[str], None] | None = None) -> None:
         self.pipeline, self.config, self.playout = pipeline, config, playout
+        self.report = report or log.info
         self.source = SourceThread(source, stale_after=config.stale_after)
         self.tracker = SceneTracker(config.scene)
         self.gate = FrameGate(config.scene)
-        self.window = Windowing.from_seconds(config.window_seconds, config.keep_seconds, pipeline.frame_rate,
-                                             pipeline.bundle.model.decoder.max_frames)
+        self.budget: ContextBudget | None = None
+        self.window: Windowing | None = None  # chosen at start-up
         self.stream = None  # the MusicStream, once the first scene is known
         self.resampler = Resampler(pipeline.sample_rate, out_rate)
         self.ratio = out_rate / pipeline.sample_rate
         self.hop = pipeline.bundle.model.audio.hop_length
         self.stop_event = threading.Event()
-        self._scene_lock = threading.Lock()
         self._pending: Scene | None = None
         self.scene: Scene | None = None
         self._applied = None  # (conditioning, mask) bound now
         self._transition = None  # (from, to, stage, stages)
+        self._next_look = 0.0
+        self._last_frame_id = None
         self.frames_done = 0
         self.music_samples = 0  # fresh samples submitted at the model rate
         self.embed_errors = 0
         self.rtf = 0.0
         self._step_seconds = 0.0
         self.busy_seconds = 0.0
-        """Seconds the generator thread spent computing (transitions and chunks)."""
+        """Seconds the compute thread spent computing (looks, transitions, chunks)."""
 
-    # -- scene thread -----------------------------------------------------------
-    def _scene_loop(self) -> None:
-        last_id = None
-        while not self.stop_event.is_set():
-            frame, frame_id, age = self.source.latest()
-            if frame is not None and frame_id != last_id:
-                last_id = frame_id
-                try:
-                    if self.gate(frame, time.monotonic(), must=bool(self.tracker.candidates)):
-                        self._embed(frame, time.monotonic() - age)
-                except Exception as exc:  # a bad frame must not stop the music
-                    self.embed_errors += 1
-                    log.warning("embedding a frame failed: %s", exc)
-            # until the first scene, look often: the music waits for it
-            self.stop_event.wait(self.config.embed_interval if self.scene is not None else 0.02)
+    # -- looking at frames ----------------------------------------------------------
+    def _look(self, now: float, interval: float) -> None:
+        """The newest frame, if new: thumbnail gate, then CLIP and the scene tracker."""
+        self._next_look = now + interval
+        frame, frame_id, age = self.source.latest()
+        if frame is None or frame_id == self._last_frame_id:
+            return
+        self._last_frame_id = frame_id
+        start = time.perf_counter()
+        try:
+            if self.gate(frame, now, must=bool(self.tracker.candidates)):
+                self._embed(frame, now - age)
+        except Exception as exc:  # a bad frame must not stop the music
+            self.embed_errors += 1
+            log.warning("embedding a frame failed: %s", exc)
+        self.busy_seconds += time.perf_counter() - start
 
     def _embed(self, frame: np.ndarray, frame_time: float) -> None:
         pixels = preprocess_images([frame], self.pipeline.image_config)
@@ -139,28 +177,51 @@ class LiveEngine:
         if scene is None:
             return
         cond, mask, directives = self.pipeline.project(scene[None])
-        with self._scene_lock:
-            self._pending = Scene(cond, mask, directives[0] if directives else None, self.tracker.change_started)
+        self._pending = Scene(cond, mask, directives[0] if directives else None, self.tracker.change_started)
         log.info("scene change %d (distance %.3f)%s", self.tracker.changes, self.tracker.last_distance,
                  f": {directives[0]}" if directives else "")
 
     def _take_scene(self) -> Scene | None:
-        with self._scene_lock:
-            scene, self._pending = self._pending, None
+        scene, self._pending = self._pending, None
         return scene
 
-    # -- generator --------------------------------------------------------------
     def wait_for_first_scene(self) -> Scene:
+        """Look often until a frame makes the first scene: the music waits for it."""
         warned = time.monotonic()
         while not self.stop_event.is_set():
+            now = time.monotonic()
+            self._look(now, 0.02)
             scene = self._take_scene()
             if scene is not None:
                 return scene
-            if time.monotonic() - warned > 5:
+            if now - warned > 5:
                 log.warning("waiting for a first frame from %s", self.source.source.name)
-                warned = time.monotonic()
-            time.sleep(0.02)
+                warned = now
+            self.stop_event.wait(0.02)
         raise KeyboardInterrupt
+
+    # -- music --------------------------------------------------------------------
+    def _choose_window(self, first: Scene) -> Windowing:
+        """The configured window, or the context budget's choice from this machine's step costs."""
+        c, p = self.config, self.pipeline
+        max_frames = p.bundle.model.decoder.max_frames
+        if c.window_seconds is not None or c.keep_seconds is not None:
+            window = Windowing.from_seconds(30.0 if c.window_seconds is None else c.window_seconds,
+                                            5.0 if c.keep_seconds is None else c.keep_seconds, p.frame_rate, max_frames)
+            self.report(f"window {window.window_frames / p.frame_rate:.0f} s, keep {window.keep_frames / p.frame_rate:.0f} s"
+                        " (as configured)")
+            return window
+        start = time.perf_counter()
+        costs = measure_costs(p, first.conditioning, first.mask, c.sampling)
+        self.budget = ContextBudget(costs, p.num_codebooks, p.frame_rate, max_frames)
+        window, rtf = self.budget.window, self.budget.projected
+        self.report(f"context budget ({time.perf_counter() - start:.1f} s to measure: step {costs.step_base_ms:.1f} ms "
+                    f"+ {costs.step_per_position_ms * 1000:.2f} ms per 1000 positions, EnCodec "
+                    f"{costs.encodec_per_second_ms:.0f} ms/s): window {window.window_frames / p.frame_rate:.0f} s, "
+                    f"keep {window.keep_frames / p.frame_rate:.0f} s, projected RTF {rtf:.2f}"
+                    + ("" if rtf <= self.budget.headroom else " — above the headroom: this machine is too slow for "
+                       "this bundle, expect repeats"))
+        return window
 
     def _apply(self, scene: Scene) -> None:
         """Start the transition to ``scene`` (called between chunks)."""
@@ -188,7 +249,7 @@ class LiveEngine:
         """Buffer target, raised ahead of a window re-prime so its prefill is hidden."""
         target = self.config.buffer_seconds
         generator = self.stream.generator
-        if generator.frames_until_reprime <= 2 * self.config.chunk_frames:
+        if generator.frames_until_reprime <= 2 * self._chunk():
             estimate = generator.last_reprime_seconds
             if estimate is None:  # not measured yet: a prefill runs ~5x faster than steps
                 estimate = 0.2 * self.window.keep_frames * self._step_seconds
@@ -196,39 +257,42 @@ class LiveEngine:
         return target
 
     def _chunk(self) -> int:
+        """Longer chunks while behind: fewer calls, less per second of music."""
         chunk = self.config.chunk_frames
-        return max(4, chunk // 2) if self.playout.level >= 1 else chunk
+        return min(MAX_CHUNK_FRAMES, 2 * chunk) if self.playout.level >= 1 else chunk
 
     def run(self) -> None:
         """Until ``duration`` is reached or :attr:`stop_event` is set (KeyboardInterrupt passes through)."""
         c = self.config
         self.source.start()
-        scene_thread = threading.Thread(target=self._scene_loop, name="scene", daemon=True)
-        scene_thread.start()
         try:
             first = self.wait_for_first_scene()
             self.scene, self._applied = first, (first.conditioning, first.mask)
+            self.window = self._choose_window(first)
             self.stream = self.pipeline.stream(conditioning=Conditioning(first.conditioning, first.mask),
                                                sampling=c.sampling, chunk_frames=c.chunk_frames, window=self.window)
             total = None if c.duration is None else int(round(c.duration * self.pipeline.sample_rate))
             while not self.stop_event.is_set():
                 if total is not None and self.music_samples >= total:
                     break
-                if self.playout.buffered() >= self._target():
-                    time.sleep(0.005)
-                    continue
-                scene = self._take_scene()
-                if scene is not None:
-                    self._apply(scene)
-                if self._transition is not None:
-                    self._advance_transition()
-                self._generate(self._chunk(), total)
+                now = time.monotonic()
+                action, wait = next_action(now, self.playout.buffered(), self._target(), self._next_look)
+                if action == "look":
+                    self._look(now, c.embed_interval)
+                elif action == "wait":
+                    self.stop_event.wait(wait)
+                else:
+                    scene = self._take_scene()
+                    if scene is not None:
+                        self._apply(scene)
+                    if self._transition is not None:
+                        self._advance_transition()
+                    self._generate(self._chunk(), total)
             if total is not None and self.music_samples >= total:
                 self._finish()  # exactly S seconds: the stream is cut there, not ended
         finally:
             self.stop_event.set()
             self.source.stop()
-            scene_thread.join(timeout=5)
 
     def _generate(self, frames: int, total: int | None) -> None:
         start = time.perf_counter()
@@ -240,6 +304,11 @@ class LiveEngine:
         self._step_seconds = took / frames
         rtf = self._step_seconds * self.pipeline.frame_rate
         self.rtf = 0.8 * self.rtf + 0.2 * rtf if self.rtf else rtf  # moving average for the status line
+        if self.budget is not None:
+            window = self.budget.observe(took, frames / self.pipeline.frame_rate, behind=self.playout.level >= 1)
+            if window is not None:
+                self.stream.generator.set_window(window)
+                self.window = window
 
     def _submit(self, audio: np.ndarray, total: int | None) -> None:
         if total is not None:

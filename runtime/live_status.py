@@ -51,7 +51,7 @@ def snapshot(engine, sink, started: float) -> dict:
         "directive": scene.directive if scene is not None else None,
         "reprimes": engine.stream.generator.reprimes if engine.stream is not None else 0,
         "degrade_level": p.level,
-        "degrade_shorter": p.counts.shorter,
+        "degrade_cheaper": p.counts.cheaper,
         "degrade_repeats": p.counts.repeats,
         "degrade_silences": p.counts.silences,
         "recoveries": p.counts.recoveries,

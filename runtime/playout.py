@@ -2,20 +2,22 @@
 
 The generator thread :meth:`Playout.submit` s fresh audio (already at the device rate);
 a light feeder thread (:meth:`Playout.run`) moves it into the ring every ``tick``
-seconds and records it. When the generator is slower than real time the feeder
-degrades in a fixed order, counting each step:
+seconds and records it. When the generator is slower than real time the feeder steps
+down a ladder that keeps music playing, counting each step:
 
-1. ``shorter`` — buffered audio fell below half the target: :attr:`level` 1 tells the
-   generator to work in shorter chunks (less look-ahead), so audio reaches the ring
-   sooner;
+1. ``cheaper`` — buffered audio fell below half the target: :attr:`level` 1 tells the
+   generator to switch to cheaper settings (the live engine: longer chunks, and its
+   context budget a shorter window);
 2. ``repeat`` — the ring is about to run dry (below ``low_water``) with nothing fresh:
-   the last ``repeat_seconds`` of audio are played again, crossfaded in and out;
-3. ``silence`` — after ``max_repeats`` repeats in one episode (fresh audio trickling in
-   between does not reset it; only a recovery does), the music fades to silence (blocks
-   of zeros written on purpose, so the sound card never underflows).
+   the last ``repeat_seconds`` of fresh music are played again, crossfaded in and out,
+   as often as needed while fresh audio keeps arriving;
+3. ``silence`` — only after a stall: no fresh audio for ``stall_seconds`` (a generator
+   that has stopped, not one that is slow). The music fades to silence (blocks of zeros
+   written on purpose, so the sound card never underflows). Before the first audio there
+   is nothing to play and nothing is written.
 
 Fresh audio after a repeat is crossfaded in; after silence it fades in. The level
-drops back to 0 (a ``recovery``) once the buffer is back at the target. The last
+climbs back to 0 (a ``recovery``) once the buffer is back at the target. The last
 ``crossfade`` samples written are always held back so that whatever comes next can
 be crossfaded onto them.
 """
@@ -38,18 +40,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DegradeCounts:
-    shorter: int = 0
-    """Times the generator was told to use shorter chunks."""
+    cheaper: int = 0
+    """Times the generator was told to switch to cheaper settings."""
     repeats: int = 0
     """Crossfaded repeats of the last audio inserted."""
     silences: int = 0
-    """Fades to silence."""
+    """Fades to silence (stalls)."""
     silence_seconds: float = 0.0
     """Seconds of deliberate silence written."""
     recoveries: int = 0
     """Returns to level 0 after a degradation."""
     fill_seconds: float = 0.0
-    """Seconds of repeated audio inserted."""
+    """Seconds of repeated audio the stream gained (repeats less their crossfade overlaps)."""
     latencies: list = field(default_factory=list)
     """Resolved markers: (label, seconds from the marker's start to its sample leaving the
     ring, the start time)."""
@@ -57,13 +59,14 @@ class DegradeCounts:
 
 class Playout:
     def __init__(self, ring: RingBuffer, rate: int, target: float, low_water: float = 0.15,
-                 recorder: WavRecorder | None = None, crossfade: float = 0.05, repeat_seconds: float = 0.5,
-                 max_repeats: int = 2, tick: float = 0.01) -> None:
+                 recorder: WavRecorder | None = None, crossfade: float = 0.05, repeat_seconds: float = 1.0,
+                 stall_seconds: float = 10.0, tick: float = 0.01, clock=time.monotonic) -> None:
         self.ring, self.rate, self.recorder = ring, rate, recorder
         self.target, self.low_water, self.tick = target, low_water, tick
         self.xfade = max(1, int(crossfade * rate))
         self.repeat_len = max(2 * self.xfade, int(repeat_seconds * rate))
-        self.max_repeats = max_repeats
+        self.stall_seconds, self.clock = stall_seconds, clock
+        self._last_fresh = clock()
         self.counts = DegradeCounts()
         self.level = 0
         self.fresh_out = 0  # fresh samples moved toward the ring (held tail included)
@@ -73,7 +76,6 @@ class Playout:
         self._held = np.zeros(0, dtype=np.float32)  # last samples, not yet in the ring
         self._history = np.zeros(self.repeat_len, dtype=np.float32)  # last fresh audio, for repeats
         self._after = None  # None | "repeat" | "silence": how the next fresh audio must join
-        self._repeats_in_row = 0
         self._markers: list[tuple[int, str, float]] = []  # (fresh sample, label, start time)
         self._pending_markers: list[tuple[int, str, float]] = []  # (ring sample, label, start time)
         self._stop = threading.Event()
@@ -139,8 +141,12 @@ class Playout:
             self._maybe_degrade()
         self._level_from_buffer()
         self._resolve_markers()
+        # Everything written that was neither fresh music nor deliberate silence was repeated.
+        extra = self.ring.written + len(self._held) - self.fresh_out
+        self.counts.fill_seconds = max(0.0, extra / self.rate - self.counts.silence_seconds)
 
     def _push_fresh(self, audio: np.ndarray) -> None:
+        self._last_fresh = self.clock()
         start = self.fresh_out
         self.fresh_out += len(audio)
         with self._lock:
@@ -197,10 +203,9 @@ class Playout:
             return  # before the first audio there is nothing to degrade
         if self.ring.available() / self.rate >= self.low_water:
             return
-        if self._repeats_in_row < self.max_repeats:
-            self._repeats_in_row += 1
+        stalled = self.clock() - self._last_fresh > self.stall_seconds
+        if not stalled:
             self.counts.repeats += 1
-            self.counts.fill_seconds += self.repeat_len / self.rate
             self.level = max(self.level, 2)
             log.info("playout: generator behind, repeating the last %.2f s", self.repeat_len / self.rate)
             repeat = self._crossfade_join(self._history.copy())
@@ -210,7 +215,7 @@ class Playout:
         if self._after != "silence":
             self.counts.silences += 1
             self.level = 3
-            log.info("playout: generator far behind, fading to silence")
+            log.warning("playout: no fresh audio for %.0f s, fading to silence", self.stall_seconds)
             n = len(self._held)
             self._to_ring(self._held * np.linspace(1.0, 0.0, n, dtype=np.float32))
             self._held = np.zeros(0, dtype=np.float32)
@@ -223,12 +228,11 @@ class Playout:
         buffered = self.buffered()
         if self.level > 0 and buffered >= self.target and self._after is None:
             self.level = 0
-            self._repeats_in_row = 0  # a new episode may repeat again
             self.counts.recoveries += 1
             log.info("playout: caught up (%.2f s buffered)", buffered)
         elif self.level == 0 and self.fresh_out > 0 and not self._finished and buffered < self.target / 2:
             self.level = 1
-            self.counts.shorter += 1
+            self.counts.cheaper += 1
 
     def _resolve_markers(self) -> None:
         now = time.monotonic()

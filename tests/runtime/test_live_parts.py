@@ -72,30 +72,50 @@ def _drain(ring, seconds, rate):
     ring.read_into(np.empty(int(seconds * rate), np.float32))
 
 
-def test_playout_degrades_in_order_and_recovers():
-    rate = 1000
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_playout_ladder_keeps_music_playing_and_recovers():
+    """cheaper settings -> repeats for as long as fresh audio keeps coming -> silence only
+    after a stall -> fade back in and recover (a fake clock, a deterministic feeder)."""
+    rate, clock = 1000, FakeClock()
     ring = RingBuffer(rate * 20)
-    playout = Playout(ring, rate, target=1.0, low_water=0.15, crossfade=0.05, repeat_seconds=0.5, max_repeats=2)
-    tone = np.sin(np.arange(3 * rate) * 0.05).astype(np.float32)
+    playout = Playout(ring, rate, target=1.0, low_water=0.15, crossfade=0.05, repeat_seconds=0.5,
+                      stall_seconds=3.0, clock=clock)
+    tone = np.sin(np.arange(6 * rate) * 0.05).astype(np.float32)
     playout.submit(tone[:rate])  # pre-roll reached
     playout.feed()
     assert ring.available() == rate - playout.xfade  # the crossfade tail is held back
     _drain(ring, 0.6, rate)
     playout.feed()
-    assert playout.level == 1 and playout.counts.shorter == 1  # below half the target
-    _drain(ring, 0.3, rate)
-    playout.feed()  # ring nearly dry, nothing fresh: repeat
-    assert playout.counts.repeats == 1 and playout.level == 2
-    _drain(ring, ring.available() / rate - 0.1, rate)  # the sink plays on, the feeder ticks in time
-    playout.feed()
+    assert playout.level == 1 and playout.counts.cheaper == 1  # below half the target
+    for i in range(5):  # behind for a while, fresh audio trickling in: repeats, never silence
+        clock.now += 0.5
+        _drain(ring, ring.available() / rate - 0.1, rate)
+        playout.feed()
+        assert playout.counts.repeats == 2 * i + 1 and playout.level == 2
+        playout.submit(tone[rate + 100 * i : rate + 100 * (i + 1)])
+        playout.feed()
+        clock.now += 0.5
+        _drain(ring, ring.available() / rate - 0.1, rate)
+        playout.feed()
+    assert playout.counts.silences == 0 and playout.counts.repeats == 10
+    clock.now += 3.5  # nothing fresh for longer than the stall limit: fade to silence
     _drain(ring, ring.available() / rate - 0.1, rate)
-    playout.feed()  # third time: fade to silence instead
-    assert playout.counts.repeats == 2 and playout.counts.silences == 1 and playout.level == 3
+    playout.feed()
+    assert playout.counts.silences == 1 and playout.level == 3
     assert ring.underflows == 0  # every read so far found audio (or deliberate silence)
-    playout.submit(tone[rate:])  # the generator is back
+    playout.submit(tone[2 * rate :])  # the generator is back
     playout.feed()
     assert playout.level == 0 and playout.counts.recoveries == 1
-    assert abs(playout.counts.fill_seconds - 1.0) < 1e-9
+    written = ring.written + len(playout._held)
+    assert written == playout.fresh_out + round((playout.counts.fill_seconds + playout.counts.silence_seconds) * rate)
+    assert 4.0 < playout.counts.fill_seconds < 5.0  # ten 0.5 s repeats, less their crossfades
 
 
 def test_playout_crossfades_repeats_without_clicks():
