@@ -17,7 +17,7 @@ behind (its level >= 1) the chunks get longer, which costs less per second of mu
 the playout itself repeats recent music rather than going silent (runtime.playout).
 
 Transitions: a confirmed scene change moves the conditioning from the old scene to the
-new one in ``transition_seconds``, one step per chunk, by linear interpolation of the
+new one in ``transition_seconds``, one step per second of music, by linear interpolation of the
 T5-space conditioning, **keeping the decoder's KV cache** (one cross_kv run per chunk,
 a few ms). The music so far stays in the cache, so the melody carries on while the
 cross-attention is steered. Measured alternatives (benchmarks/bench_live.py):
@@ -55,6 +55,9 @@ MAX_LOOK_DELAY = 0.5
 """Seconds a due look may wait for music chunks while generation is behind."""
 MAX_CHUNK_FRAMES = 100
 """Longest chunk when behind (2 s)."""
+TRANSITION_STEP_SECONDS = 1.0
+"""Music between two steps of a transition: each step is a cross_kv run (~60 ms on two
+cores), so one per second rather than one per chunk; four 1 s steps still sound gradual."""
 
 
 def next_action(now: float, buffered: float, target: float, next_look: float) -> tuple[str, float]:
@@ -143,6 +146,7 @@ class LiveEngine:
         self.scene: Scene | None = None
         self._applied = None  # (conditioning, mask) bound now
         self._transition = None  # (from, to, stage, stages)
+        self._next_stage_frame = 0
         self._next_look = 0.0
         self._last_frame_id = None
         self.frames_done = 0
@@ -150,8 +154,13 @@ class LiveEngine:
         self.embed_errors = 0
         self.rtf = 0.0
         self._step_seconds = 0.0
-        self.busy_seconds = 0.0
+        self.compute = {"look": 0.0, "transition": 0.0, "chunk": 0.0}
+        """Seconds the compute thread spent on each kind of work."""
+
+    @property
+    def busy_seconds(self) -> float:
         """Seconds the compute thread spent computing (looks, transitions, chunks)."""
+        return sum(self.compute.values())
 
     # -- looking at frames ----------------------------------------------------------
     def _look(self, now: float, interval: float) -> None:
@@ -168,7 +177,7 @@ class LiveEngine:
         except Exception as exc:  # a bad frame must not stop the music
             self.embed_errors += 1
             log.warning("embedding a frame failed: %s", exc)
-        self.busy_seconds += time.perf_counter() - start
+        self.compute["look"] += time.perf_counter() - start
 
     def _embed(self, frame: np.ndarray, frame_time: float) -> None:
         pixels = preprocess_images([frame], self.pipeline.image_config)
@@ -226,8 +235,9 @@ class LiveEngine:
     def _apply(self, scene: Scene) -> None:
         """Start the transition to ``scene`` (called between chunks)."""
         c = self.config
-        stages = max(1, math.ceil(c.transition_seconds * self.pipeline.frame_rate / c.chunk_frames))
+        stages = max(1, math.ceil(c.transition_seconds / TRANSITION_STEP_SECONDS))
         self._transition = (self._applied, (scene.conditioning, scene.mask), 0, stages)
+        self._next_stage_frame = self.frames_done
         self.scene = scene
         start_sample = self.frames_done * self.hop * self.ratio
         self.playout.mark(int(start_sample), "scene", scene.started)
@@ -243,7 +253,7 @@ class LiveEngine:
             self.stream.blend_conditioning(cond, mask)
         self._applied = (cond, mask)
         self._transition = None if stage >= stages else (old, new, stage, stages)
-        self.busy_seconds += time.perf_counter() - start
+        self.compute["transition"] += time.perf_counter() - start
 
     def _target(self) -> float:
         """Buffer target, raised ahead of a window re-prime so its prefill is hidden."""
@@ -285,8 +295,9 @@ class LiveEngine:
                     scene = self._take_scene()
                     if scene is not None:
                         self._apply(scene)
-                    if self._transition is not None:
+                    if self._transition is not None and self.frames_done >= self._next_stage_frame:
                         self._advance_transition()
+                        self._next_stage_frame = self.frames_done + TRANSITION_STEP_SECONDS * self.pipeline.frame_rate
                     self._generate(self._chunk(), total)
             if total is not None and self.music_samples >= total:
                 self._finish()  # exactly S seconds: the stream is cut there, not ended
@@ -300,7 +311,7 @@ class LiveEngine:
         self.frames_done += frames
         self._submit(audio, total)
         took = time.perf_counter() - start
-        self.busy_seconds += took
+        self.compute["chunk"] += took
         self._step_seconds = took / frames
         rtf = self._step_seconds * self.pipeline.frame_rate
         self.rtf = 0.8 * self.rtf + 0.2 * rtf if self.rtf else rtf  # moving average for the status line
