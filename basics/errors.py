@@ -1,8 +1,8 @@
 """User-facing errors and the CLI wrapper that turns them into one clear line.
 
 Every CLI entry point runs through :func:`run_cli`: an :class:`Img2MusicError`
-becomes ``error: <message>`` on stderr and exit code 2, Ctrl-C exits 130. Anything
-else is a bug and keeps its traceback.
+becomes ``error: <message>`` on stderr and exit code 2 (a :class:`RuntimeFault`: 1),
+Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +15,18 @@ from typing import Callable, Sequence
 class Img2MusicError(Exception):
     """A problem the user can fix (bad input, missing model, corrupt bundle)."""
 
+    exit_code = 2
 
-EXIT_USER_ERROR = 2
+
+class RuntimeFault(Img2MusicError):
+    """A fault while running that input did not cause (a thread of the live runtime died or
+    hung): exit 1, which a service manager's Restart=on-failure answers with a restart."""
+
+    exit_code = 1
+
+
+EXIT_USER_ERROR = Img2MusicError.exit_code
+EXIT_FAULT = RuntimeFault.exit_code
 EXIT_INTERRUPTED = 130
 
 
@@ -26,7 +36,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         code = main(argv)
     except Img2MusicError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

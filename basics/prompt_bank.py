@@ -126,11 +126,14 @@ def build_prompt_bank(models, directives: list[str] | None = None, batch_size: i
     import torch
 
     directives = list(directives) if directives is not None else load_directives()
+    # the checkpoint's own limit (77 in OpenAI's CLIPs; a smaller text tower must not overflow)
+    clip_positions = models.clip.config.text_config.max_position_embeddings
     text_embeds, hiddens, masks = [], [], []
     with torch.inference_mode():
         for start in range(0, len(directives), batch_size):
             batch = directives[start : start + batch_size]
-            clip_in = models.clip_tokenizer(batch, padding=True, truncation=True, max_length=77, return_tensors="pt")
+            clip_in = models.clip_tokenizer(batch, padding=True, truncation=True, max_length=clip_positions,
+                                           return_tensors="pt")
             emb = models.clip.get_text_features(input_ids=clip_in["input_ids"], attention_mask=clip_in["attention_mask"])
             emb = getattr(emb, "pooler_output", emb)
             text_embeds.append(torch.nn.functional.normalize(emb, dim=-1).numpy())

@@ -30,6 +30,7 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from benchmarks.machine import machine_record
 from benchmarks.stats import time_calls
@@ -126,7 +127,7 @@ def summarize(values: list[float]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Decoder step latency, ORT vs transformers eager.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--bundle", action="append", required=True,
                    help="engine bundle directory; repeat to compare several in one run")
     p.add_argument("--preset", default=None,

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_live.py latency --engines /tmp/engines/tiny --engines /tmp/engines/small-int4
     python benchmarks/bench_live.py soak --engines /tmp/engines/tiny --seconds 600
     python benchmarks/bench_live.py rtf --engines engines/small-int4 --seconds 60 --scene-seconds 20 --threads 2
+    python benchmarks/bench_live.py rtf --engines engines/small-int4 --load 60:120 --metrics m.jsonl
 
 ``latency``: a source shows one generated scene, then switches to another every
 ``--switch-every`` seconds, at times it records. Latency is measured from the switch
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -34,6 +36,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from benchmarks.machine import machine_record
 from runtime.live_sources import SyntheticSource
 
@@ -107,7 +110,70 @@ def python_loop_seconds() -> float:
     return time.perf_counter() - start
 
 
-def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: int = 0) -> dict:
+class CompetingLoad:
+    """``processes`` CPU-bound processes from ``start`` to ``stop`` seconds after :meth:`arm`:
+    a host slowed down by another program (with one per core, to about half speed)."""
+
+    def __init__(self, start: float, stop: float, processes: int) -> None:
+        self.start, self.stop, self.processes = start, stop, processes
+        self._procs: list = []
+        self._timers: list = []
+        self.started_at = self.stopped_at = None
+
+    def arm(self) -> None:
+        import threading
+
+        self.armed_at = time.monotonic()
+        self._timers = [threading.Timer(self.start, self._spawn), threading.Timer(self.stop, self.end)]
+        for t in self._timers:
+            t.daemon = True
+            t.start()
+
+    def _spawn(self) -> None:
+        import subprocess
+
+        self.started_at = time.monotonic() - self.armed_at
+        self._procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.processes)]
+
+    def end(self) -> None:
+        for t in self._timers:
+            t.cancel()
+        if self._procs and self.stopped_at is None:
+            self.stopped_at = time.monotonic() - self.armed_at
+        for proc in self._procs:
+            proc.kill()
+            proc.wait()
+        self._procs = []
+
+
+def load_phases(metrics: str, load: CompetingLoad) -> list[dict]:
+    """Music made and ladder steps before, during and after the competing load (from the
+    run's per-second metrics): music never stopping shows as silences 0 in every phase."""
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
+    counters = ("degrade_cheaper", "degrade_repeats", "degrade_silences", "recoveries", "underflows")
+    rows.insert(0, {"uptime_s": 0.0, "music_s": 0.0, "window_frames": None, **dict.fromkeys(counters, 0)})  # the start
+    edges = [("before", float("-inf"), load.started_at), ("during", load.started_at, load.stopped_at),
+             ("after", load.stopped_at, float("inf"))]
+    phases = []
+    for name, lo, hi in edges:
+        if lo is None or hi is None:
+            continue
+        # a phase runs from the last snapshot at or before its start to the last one before its end
+        a = ([r for r in rows if r["uptime_s"] <= lo] or rows[:1])[-1]
+        inside = [r for r in rows if a["uptime_s"] <= r["uptime_s"] < hi]  # uptime counts from the run's start
+        b = inside[-1]
+        wall = b["uptime_s"] - a["uptime_s"]
+        if wall <= 0:
+            continue
+        phases.append({"phase": name, "wall_s": round(wall, 1),
+                       "music_per_wall_s": round((b["music_s"] - a["music_s"]) / wall, 3),
+                       **{k: b[k] - a[k] for k in counters},
+                       "windows_frames": sorted({r["window_frames"] for r in inside if r["window_frames"]})})
+    return phases
+
+
+def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: int = 0,
+        load: CompetingLoad | None = None, metrics: str | None = None) -> dict:
     """Live against batch generation of the same length, bundle, threads, window and chunks.
 
     Live: synthetic scenes every ``scene_seconds``, no audio device (clock sink), RTF = the
@@ -137,14 +203,30 @@ def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: 
     config = LiveConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
     # Clean cuts (no sensor noise): a random-weight CLIP maps noisy frames of one scene as far
     # apart as two scenes, which would make scene changes out of noise, not every scene_seconds.
-    summary = run_live(engines, SyntheticSource(scene_seconds=scene_seconds, seed=seed, noise=0.0), config,
-                       threads=threads, engine_hook=lambda e: holder.update(e=e))
+    if load is not None and metrics is None:
+        raise SystemExit("--load needs --metrics (its phases are read from the per-second metrics)")
+
+    if metrics is not None:
+        Path(metrics).unlink(missing_ok=True)  # the reporter appends; phases must see this run only
+
+    def hook(engine):
+        holder.update(e=engine)
+        if load is not None:
+            load.arm()
+
+    try:
+        summary = run_live(engines, SyntheticSource(scene_seconds=scene_seconds, seed=seed, noise=0.0), config,
+                           threads=threads, engine_hook=hook, metrics=metrics)
+    finally:
+        if load is not None:
+            load.end()
     engine = holder["e"]
     counts = engine.playout.counts
     music = engine.music_samples / engine.pipeline.sample_rate
     live_rtf = engine.busy_seconds / music
     live_parts = {k: round(v / music, 3) for k, v in engine.compute.items()}
     window, chunk = engine.window, config.chunk_frames
+    budget_changes = engine.budget.changes if engine.budget is not None else 0
     holder.clear()  # the live pipeline's sessions go before the batch runs load their own
     del engine
     loop_between = python_loop_seconds()
@@ -160,17 +242,25 @@ def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: 
             "silence_seconds": round(counts.silence_seconds, 2), "repeats": counts.repeats,
             "recoveries": counts.recoveries,
             "python_loop_s": [round(loop_before, 2), round(loop_between, 2), round(loop_after, 2)],
+            "window_changes": budget_changes,
+            "load": None if load is None else {"processes": load.processes, "from_s": load.started_at,
+                                               "to_s": load.stopped_at, "phases": load_phases(metrics, load)},
             "summary": summary}
 
 
-def soak(engines: str, seconds: float, threads: int, metrics: str) -> dict:
+def soak(engines: str, seconds: float, threads: int, metrics: str, scene_seconds: float = 6.0,
+         noise: float = 4.0) -> dict:
     from runtime.live import run_live
     from runtime.live_engine import LiveConfig
     from runtime.scene import SceneConfig
 
     config = LiveConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
-    summary = run_live(engines, SyntheticSource(scene_seconds=6.0), config, threads=threads, metrics=metrics)
-    return soak_report(metrics, summary)
+    Path(metrics).unlink(missing_ok=True)  # the reporter appends; the report must see this run only
+    loop_before = python_loop_seconds()
+    summary = run_live(engines, SyntheticSource(scene_seconds=scene_seconds, noise=noise), config, threads=threads,
+                       metrics=metrics)
+    return {**soak_report(metrics, summary), "scene_seconds": scene_seconds, "noise": noise,
+            "python_loop_s": [round(loop_before, 2), round(python_loop_seconds(), 2)]}
 
 
 def soak_report(metrics: str, summary: str = "") -> dict:
@@ -180,15 +270,18 @@ def soak_report(metrics: str, summary: str = "") -> dict:
     return {"music_s": rows[-1]["music_s"], "rss_after_30s_mb": rss[0], "rss_end_mb": rss[-1],
             "rss_max_mb": max(rss), "rss_growth_mb": round(max(rss) - rss[0], 1),
             "underflows": rows[-1]["underflows"], "scene_changes": rows[-1]["scene_changes"],
-            "reprimes": rows[-1]["reprimes"], "summary": summary}
+            "reprimes": rows[-1]["reprimes"], "wall_s": rows[-1]["uptime_s"],
+            **{k: rows[-1].get(k) for k in ("degrade_cheaper", "degrade_repeats", "degrade_silences", "recoveries")},
+            "windows_frames": sorted({r["window_frames"] for r in rows if r.get("window_frames")}),
+            "summary": summary}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Live runtime benchmark.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
     lat = sub.add_parser("latency", help="scene change -> first changed sample out",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=DefaultsHelpFormatter)
     lat.add_argument("--engines", action="append", required=True, help="bundle directory; repeat to compare")
     lat.add_argument("--switches", type=int, default=4, help="scene switches per bundle")
     lat.add_argument("--switch-every", type=float, default=8.0, help="seconds between switches")
@@ -197,15 +290,22 @@ def main(argv=None) -> int:
     lat.add_argument("--buffer", type=float, default=1.0, help="live buffer target in seconds")
     lat.add_argument("--embed-interval", type=float, default=0.25, help="seconds between looks at the newest frame")
     rtf_p = sub.add_parser("rtf", help="live against batch generation of the same music, in one run",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsHelpFormatter)
     rtf_p.add_argument("--engines", required=True, help="bundle directory")
     rtf_p.add_argument("--seconds", type=float, default=60.0, help="seconds of music, live and batch")
     rtf_p.add_argument("--scene-seconds", type=float, default=20.0, help="synthetic scene change every N seconds")
+    rtf_p.add_argument("--load", default=None, metavar="START:STOP",
+                       help="competing CPU-bound processes (one per core) from START to STOP wall seconds after "
+                            "the live start (default: none); needs --metrics")
+    rtf_p.add_argument("--metrics", default=None, metavar="JSONL", help="the live run's per-second metrics file")
     soak_p = sub.add_parser("soak", help="RSS over a long synthetic run",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=DefaultsHelpFormatter)
     soak_p.add_argument("--engines", required=True, help="bundle directory")
     soak_p.add_argument("--seconds", type=float, default=600.0, help="seconds of music")
     soak_p.add_argument("--metrics", default="soak_metrics.jsonl", help="JSONL metrics file written by the run")
+    soak_p.add_argument("--scene-seconds", type=float, default=6.0, help="synthetic scene change every N seconds")
+    soak_p.add_argument("--noise", type=float, default=4.0,
+                        help="synthetic sensor noise (0: clean cuts, scene changes only every --scene-seconds)")
     for sp in (lat, rtf_p, soak_p):
         sp.add_argument("--threads", type=int, default=2, help="CPU threads for onnxruntime")
         sp.add_argument("--out", default=None, help="write the results as JSON here")
@@ -219,9 +319,24 @@ def main(argv=None) -> int:
                   f"underflows {r['underflows']}, repeats {r['degrade_repeats']}; transition step: "
                   f"blend {r['blend_step_ms']} ms vs re-prime of {r['keep_frames']} frames {r['reprime_step_ms']} ms")
     elif args.mode == "rtf":
-        r = rtf(args.engines, args.seconds, args.scene_seconds, args.threads)
+        load = None
+        if args.load:
+            try:
+                start, stop = (float(x) for x in args.load.split(":"))
+            except ValueError:
+                p.error(f"--load wants START:STOP in seconds, got {args.load!r}")
+            if not 0 <= start < stop:
+                p.error("--load needs 0 <= START < STOP")
+            load = CompetingLoad(start, stop, os.cpu_count() or 1)
+        r = rtf(args.engines, args.seconds, args.scene_seconds, args.threads, load=load, metrics=args.metrics)
         results = [r]
         print(r["summary"])
+        if r["load"]:
+            for ph in r["load"]["phases"]:
+                print(f"load {ph['phase']:6s} ({ph['wall_s']} s): {ph['music_per_wall_s']} s of music per second, "
+                      f"cheaper/repeat/silence {ph['degrade_cheaper']}/{ph['degrade_repeats']}/"
+                      f"{ph['degrade_silences']}, recoveries {ph['recoveries']}, underflows {ph['underflows']}, "
+                      f"windows {ph['windows_frames']} frames")
         print(f"live compute per second of music: {r['live_rtf_parts']}")
         print(f"window {r['window_frames']} frames, keep {r['keep_frames']}, chunk {r['chunk_frames']}; batch RTFs "
               f"{r['batch_rtfs']}; pure-Python loop (10^7 additions) {' / '.join(map(str, r['python_loop_s']))} s "
@@ -229,11 +344,15 @@ def main(argv=None) -> int:
         print(f"live/batch RTF ratio {r['ratio']}; live RTF {r['live_rtf']}; batch RTF {r['batch_rtf']}; "
               f"silences {r['silences']}; recoveries {r['recoveries']}")
     else:
-        results = [soak(args.engines, args.seconds, args.threads, args.metrics)]
+        results = [soak(args.engines, args.seconds, args.threads, args.metrics, args.scene_seconds, args.noise)]
         r = results[0]
-        print(f"{args.engines}: {r['music_s']:.0f} s of music; RSS {r['rss_after_30s_mb']} MB after 30 s, "
-              f"{r['rss_end_mb']} MB at the end, max {r['rss_max_mb']} MB: growth {r['rss_growth_mb']} MB; "
-              f"underflows {r['underflows']}, scene changes {r['scene_changes']}, re-primes {r['reprimes']}")
+        print(r["summary"])
+        print(f"{args.engines}: {r['music_s']:.0f} s of music in {r['wall_s']:.0f} s; RSS {r['rss_after_30s_mb']} MB after "
+              f"30 s, {r['rss_end_mb']} MB at the end, max {r['rss_max_mb']} MB: growth {r['rss_growth_mb']} MB; "
+              f"underflows {r['underflows']}, scene changes {r['scene_changes']}, re-primes {r['reprimes']}, "
+              f"cheaper/repeat/silence {r['degrade_cheaper']}/{r['degrade_repeats']}/{r['degrade_silences']}, "
+              f"recoveries {r['recoveries']}, windows {r['windows_frames']} frames; pure-Python loop (10^7 additions) "
+              f"{' / '.join(map(str, r['python_loop_s']))} s before / after")
     print(f"machine: {machine_record()['cpu']}, {machine_record()['cores_available']} cores, threads {args.threads}")
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": machine_record(), "results": results}, indent=2))

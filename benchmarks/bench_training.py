@@ -27,6 +27,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from basics.cli_help import DefaultsHelpFormatter
 from benchmarks.machine import machine_record
 
 CONFIGS = {
@@ -71,7 +72,7 @@ def time_epoch(data: Path, out: Path, batch: int, switches: dict) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Seconds per Phase II epoch at small-random shapes.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--items", type=int, default=256, help="training items (one epoch)")
     p.add_argument("--batch-size", type=int, default=64, help="items per step (the thesis' 64)")
     p.add_argument("--audio-seconds", type=float, default=1.0, help="paired audio per item for fm/ce/mel")

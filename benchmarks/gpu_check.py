@@ -36,6 +36,7 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 
 POSITIONS = (16, 256, 1024, 1500)
@@ -199,7 +200,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpu_check.py", description="fp16 bundles on the GPU: parity and speed.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", default="results/gpu", help="directory for bundles, gpu_check.json and gpu_check.md")
     p.add_argument("--dry-run", action="store_true", help="the tiny preset on the CPU provider: the plumbing only")
     p.add_argument("--images", default=None, help="calibration/report images (default: skimage.data photographs)")

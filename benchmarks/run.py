@@ -27,6 +27,7 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from benchmarks.machine import machine_record
 from benchmarks.suite_config import SuiteConfig, stage_names
@@ -81,7 +82,7 @@ def run_isolated(fn_name: str, *args):
 def build_parser() -> argparse.ArgumentParser:
     d = SuiteConfig()
     p = argparse.ArgumentParser(prog="run.py", description="Per-stage benchmark suite.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--bundle", action="append", default=[], help="engine bundle; repeat for several")
     p.add_argument("--baseline", choices=("torch", "none"), default="torch",
                    help="reference backend measured side by side (transformers eager)")

@@ -36,6 +36,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python export/build_engines.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from basics.presets import PRESETS
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="build_engines.py",
         description="Export MusicGen + CLIP + projector into an ONNX engine bundle.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--preset", choices=PRESETS, default=None, help="random-weight models instead of checkpoints")

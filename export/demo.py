@@ -23,6 +23,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python export/demo.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli
 from basics.presets import PRESETS
 
@@ -47,7 +48,7 @@ def write_photos(out_dir: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", default="out/demo", help="output directory")
     p.add_argument("--preset", default="tiny", choices=PRESETS, help="models to use")
     p.add_argument("--seconds", default="4", help="seconds of music per photograph")

@@ -19,6 +19,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python export/models.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import run_cli, setup_logging
 from basics.models import build_preset, count_parameters, save_models
 from basics.presets import PRESETS
@@ -27,7 +28,7 @@ from basics.presets import PRESETS
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Build a preset (random weights, real architecture) and save it as checkpoint directories.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--preset", choices=PRESETS, default="tiny", help="which preset to build")
     parser.add_argument("--out", required=True, help="output directory (gets musicgen/ and clip/)")

@@ -24,6 +24,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python export/tensorrt_check.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from runtime.backends import TENSORRT_GRAPHS, tensorrt_profile
 from runtime.bundle import load_bundle
@@ -98,7 +99,7 @@ def _Errors(trt):
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tensorrt_check.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("bundle", help="engine bundle directory")
     p.add_argument("--compute-capability", default="8.6", help="target GPU architecture (8.6 = RTX 3090)")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")

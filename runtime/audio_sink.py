@@ -84,6 +84,11 @@ class ClockSink:
         self._thread = threading.Thread(target=self._run, name="clock-sink", daemon=True)
         self.reopens = 0
 
+    @property
+    def thread(self):
+        """The background thread (for the supervisor, runtime.thread_watch)."""
+        return self._thread
+
     def start(self) -> "ClockSink":
         self._thread.start()
         return self
@@ -140,6 +145,12 @@ class SoundDeviceSink:
         self._last_callback = time.monotonic()
         self.reopens = 0
         self.status_flags = 0  # callbacks where PortAudio reported a device under/overflow
+        self.outages = 0
+        """Times the sound output stopped (stream died, device or sound server gone)."""
+        self.outage_seconds = 0.0
+        """Seconds without sound output, over the outages that have ended."""
+        self._outage_since: float | None = None  # last callback before the current outage
+        self._opened_at = 0.0
         self.stream = None
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="sound-watchdog", daemon=True)
@@ -160,7 +171,12 @@ class SoundDeviceSink:
             samplerate=self.rate, blocksize=self.blocksize, device=self.device, channels=self.channels,
             dtype="float32", callback=self._callback)
         self.stream.start()
-        self._last_callback = time.monotonic()
+        self._last_callback = self._opened_at = time.monotonic()
+
+    @property
+    def thread(self):
+        """The background thread (for the supervisor, runtime.thread_watch)."""
+        return self._watchdog
 
     def start(self) -> "SoundDeviceSink":
         try:
@@ -177,15 +193,23 @@ class SoundDeviceSink:
             silent_for = time.monotonic() - self._last_callback
             if stream is not None and stream.active and silent_for < self.dead_after:
                 delay = 0.5
+                if self._outage_since is not None and self._last_callback > self._opened_at:
+                    lasted = self._opened_at - self._outage_since
+                    self.outage_seconds += lasted
+                    self._outage_since = None
+                    log.warning("sound output back after %.1f s", lasted)
                 continue
-            log.warning("audio stream died (active=%s, no callback for %.1f s); reopening",
-                        getattr(stream, "active", None), silent_for)
+            if self._outage_since is None:
+                self._outage_since = self._last_callback
+                self.outages += 1
+                log.warning("audio stream died (active=%s, no callback for %.1f s); reopening",
+                            getattr(stream, "active", None), silent_for)
             self._close_stream()
             try:
                 self._open()
                 self.reopens += 1
             except Exception as exc:
-                log.warning("reopening the audio device failed (%s); retry in %.1f s", exc, delay)
+                log.info("reopening the audio device failed (%s); retry in %.1f s", exc, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
 

@@ -96,6 +96,8 @@ def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
         raise Img2MusicError(f"{root} is not an engine bundle: no {MANIFEST} (build one with export/build_engines.py)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError as exc:
+        raise Img2MusicError(f"cannot read {path}: permission denied") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise Img2MusicError(f"corrupt bundle manifest {path}: {exc}") from exc
     version = data.get("schema_version") if isinstance(data, dict) else None
@@ -118,6 +120,9 @@ def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
         file = root / name
         if not file.is_file():
             raise Img2MusicError(f"bundle {root} is incomplete: {name} is missing")
+        if not os.access(file, os.R_OK):
+            raise Img2MusicError(f"cannot read bundle file {file}: permission denied (the user running this "
+                                 "process needs read access to the whole bundle directory)")
         size = file.stat().st_size
         if size != entry.bytes:
             raise Img2MusicError(

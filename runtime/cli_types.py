@@ -6,31 +6,38 @@ import argparse
 import math
 
 
-def positive(kind=float):
-    """A parser for numbers > 0 (finite) of ``kind``."""
+def number(kind=float, low: float | None = None, high: float | None = None, above: bool = False):
+    """A parser for finite numbers of ``kind`` in [low, high] (``above``: strictly > low);
+    "nan" and "inf" parse as floats but mean nothing as a setting."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0 or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and (value <= low if above else value < low):
+            wanted = "a positive number" if above and low == 0 else f"{'>' if above else '>='} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
         return value
 
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = f"{kind.__name__} number"  # argparse names the type in its errors
     return parse
 
 
-def non_negative(text: str) -> float:
-    """A float >= 0 (finite)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def positive(kind=float):
+    """A parser for numbers > 0 (finite) of ``kind``."""
+    return number(kind, 0, above=True)
+
+
+non_negative = number(float, 0)
+"""A float >= 0 (finite)."""
+non_negative_int = number(int, 0)
+finite = number(float)
+unit_interval = number(float, 0, 1)
 
 
 positive_float = positive(float)
@@ -44,3 +51,18 @@ def add_provider_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the bundle runs: cpu (any bundle), cuda or tensorrt (fp16 bundles, onnxruntime-gpu)")
     parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                         help="GPU: run the decoder step without CUDA-graph replay")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str = "sampling seed") -> None:
+    """--guidance-scale, --temperature, --top-k, --top-p and --seed, checked and with the
+    SamplingConfig defaults, as every CLI that generates takes them."""
+    from runtime.sampling import SamplingConfig
+
+    d = SamplingConfig()
+    parser.add_argument("--guidance-scale", type=finite, default=d.guidance_scale,
+                        help="classifier-free guidance scale (<= 1 turns guidance off)")
+    parser.add_argument("--temperature", type=positive_float, default=d.temperature, help="sampling temperature")
+    parser.add_argument("--top-k", type=non_negative_int, default=d.top_k,
+                        help="keep the k most likely tokens (0 = all)")
+    parser.add_argument("--top-p", type=unit_interval, default=d.top_p, help="nucleus sampling mass (0 = off)")
+    parser.add_argument("--seed", type=int, default=d.seed, help=seed_help)

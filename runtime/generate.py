@@ -28,10 +28,11 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as `python runtime/generate.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from basics.presets import PRESETS  # plain data: imports neither torch nor transformers
-from runtime.audio_files import WavRecorder, prepare_output_dir, wav_names
-from runtime.cli_types import add_provider_arguments, positive, positive_float
+from runtime.audio_files import WavRecorder, prepare_output_dir, printable, wav_names
+from runtime.cli_types import add_provider_arguments, add_sampling_arguments, positive, positive_float
 from runtime.preprocess import check_images
 from runtime.sampling import SamplingConfig
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="generate.py",
         description="Turn images into music (one WAV per image).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--image", action="append", required=True, metavar="PATH",
                    help="image file; repeat for a batch (one WAV each)")
@@ -62,13 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--musicgen", default=None, help="MusicGen hub id or local directory")
     src.add_argument("--clip", default=None, help="CLIP hub id or local directory")
     s = p.add_argument_group("sampling")
-    d = SamplingConfig()
-    s.add_argument("--guidance-scale", type=float, default=d.guidance_scale,
-                   help="classifier-free guidance scale (<= 1 turns guidance off)")
-    s.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature")
-    s.add_argument("--top-k", type=int, default=d.top_k, help="keep the k most likely tokens (0 = all)")
-    s.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling mass (0 = off)")
-    s.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
+    add_sampling_arguments(s)
     s.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -138,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     audio_seconds = recorders[0].samples / recorders[0].rate
     for i, path in enumerate(paths):
         directive = directives[i] if directives else "(trained projector)"
-        print(f"{args.image[i]} -> {path}  ({audio_seconds:.2f} s)  directive: {directive}")
+        print(f"{printable(args.image[i])} -> {printable(path)}  ({audio_seconds:.2f} s)  directive: {directive}")
     print()
     print(timer.table())
     print(f"\n{len(paths)} x {audio_seconds:.2f} s of audio, {frames} code frames, "

@@ -18,26 +18,29 @@ the current directive; ``--metrics FILE`` appends the same as JSON lines every s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
 if __package__ in (None, ""):  # run as `python runtime/live.py`
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
-from runtime.cli_types import add_provider_arguments, non_negative, positive
+from runtime.cli_types import add_provider_arguments, add_sampling_arguments, non_negative, positive
 from runtime.live_engine import LiveConfig
 from runtime.sampling import SamplingConfig
 from runtime.scene import SceneConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d, s, sc = LiveConfig(), SamplingConfig(), SceneConfig()
+    d, sc = LiveConfig(), SceneConfig()
     p = argparse.ArgumentParser(prog="live.py", description="Live camera-to-music.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     src = p.add_argument_group("source (exactly one)")
     src.add_argument("--camera", default=None, metavar="SPEC",
                      help="camera index, /dev/video* path, RTSP/HTTP URL or GStreamer pipeline (contains '!')")
@@ -48,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--scene-seconds", type=positive(float), default=6.0, help="synthetic: seconds per scene")
     src.add_argument("--stale-after", type=positive(float), default=d.stale_after,
                      help="seconds without a good frame before the source is reopened")
+    src.add_argument("--first-frame-wait", type=non_negative, default=d.first_frame_wait,
+                     help="seconds to wait for the source's first frame before the music starts from the fallback "
+                          "image (the camera takes over as a scene change when it delivers)")
+    src.add_argument("--fallback-image", default=None, metavar="PATH",
+                     help="picture the music starts from while the source has no frame (default: a calm dusk "
+                          "gradient)")
     p.add_argument("--engines", required=True, metavar="DIR", help="engine bundle from export/build_engines.py")
     p.add_argument("--threads", type=positive(int), default=None, help="CPU threads for onnxruntime (default: all)")
     add_provider_arguments(p)
@@ -60,12 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--duration", type=positive(float), default=None,
                      help="stop after this many seconds of music (default: run until stopped)")
     out.add_argument("--metrics", default=None, metavar="JSONL", help="append one JSON line of metrics per second")
+    out.add_argument("--metrics-max-mb", type=positive(float), default=20.0,
+                     help="rotate --metrics at this size (FILE.1 .. FILE.3 keep the older lines)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--guidance-scale", type=float, default=s.guidance_scale, help="classifier-free guidance scale")
-    g.add_argument("--temperature", type=positive(float), default=s.temperature, help="sampling temperature")
-    g.add_argument("--top-k", type=int, default=s.top_k, help="keep the k most likely tokens (0 = all)")
-    g.add_argument("--top-p", type=float, default=s.top_p, help="nucleus sampling mass (0 = off)")
-    g.add_argument("--seed", type=int, default=s.seed, help="sampling seed (also the synthetic scenes' seed)")
+    add_sampling_arguments(g, seed_help="sampling seed (also the synthetic scenes' seed)")
     lv = p.add_argument_group("live behaviour")
     lv.add_argument("--chunk-frames", type=positive(int), default=d.chunk_frames,
                     help="code frames generated per chunk (50 = 1 s)")
@@ -91,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--keep-seconds", type=positive(float), default=None,
                     help="music carried into the next window as its prompt (default: the context budget's choice)")
     lv.add_argument("--stall-seconds", type=positive(float), default=d.stall_seconds,
-                    help="seconds without any fresh music before the playout fades to silence (until then it "
-                         "repeats recent music)")
+                    help="seconds with neither fresh music nor generator progress before the playout fades "
+                         "to silence (until then it repeats recent music)")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
 
@@ -118,6 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.scene_seconds, args.seed)
     if args.record:
         _check_record_path(args.record)
+    fallback = None
+    if args.fallback_image:
+        import numpy as np
+
+        from runtime.preprocess import load_image
+
+        fallback = np.asarray(load_image(args.fallback_image))  # (H, W, 3) RGB; a bad file fails here, before loading
     if not Path(args.engines).is_dir():
         raise Img2MusicError(f"engine bundle not found: {args.engines}")
     config = LiveConfig(
@@ -125,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         transition_mode=args.transition_mode, embed_interval=args.embed_interval,
         window_seconds=args.window_seconds, keep_seconds=args.keep_seconds, duration=args.duration,
         stall_seconds=args.stall_seconds,
-        stale_after=args.stale_after,
+        stale_after=args.stale_after, first_frame_wait=args.first_frame_wait, fallback_image=fallback,
         scene=SceneConfig(threshold=args.scene_threshold, confirm=args.scene_confirm, min_dwell=args.min_dwell,
                           pixel_gate=args.pixel_gate),
         sampling=SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature,
@@ -133,14 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     summary = run_live(args.engines, source, config, no_audio=args.no_audio, device=device, rate=args.rate,
-                       record=args.record, metrics=args.metrics, threads=args.threads, provider=args.provider,
-                       cuda_graph=args.cuda_graph)
+                       record=args.record, metrics=args.metrics, metrics_max_mb=args.metrics_max_mb,
+                       threads=args.threads, provider=args.provider, cuda_graph=args.cuda_graph)
     print(summary)
     return 0
 
 
 def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=None, rate: int | None = None,
-             record: str | None = None, metrics: str | None = None, threads: int | None = None,
+             record: str | None = None, metrics: str | None = None, metrics_max_mb: float = 20.0,
+             threads: int | None = None,
              provider: str = "cpu", cuda_graph: bool = True,
              engine_hook=None) -> str:
     """One live session; returns the summary line. ``engine_hook(engine)`` runs before the
@@ -151,41 +166,57 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     from runtime.live_status import StatusReporter
     from runtime.onnx_pipeline import OnnxPipeline
     from runtime.playout import Playout
+    from runtime.systemd_notify import SystemdNotifier
+    from runtime.thread_watch import ThreadWatch
 
-    # Live runs CLIP, playout and the source beside the decoder: ORT's busy-waiting
-    # threads would take their cores (measured on 2 cores, small-random int4: RTF of the
-    # generator 1.14 with spinning, 0.93 without).
-    pipeline = OnnxPipeline.load(engines, threads=threads, spinning=False, provider=provider, cuda_graph=cuda_graph)
+    # One compute thread runs the models one at a time (runtime.live_engine), so ORT's
+    # workers may busy-wait between runs as in batch generation. Measured on 2 cores,
+    # small-random int4 (bench_live.py rtf): live chunks cost 1.20x batch per second of
+    # music with spinning off, 1.00-1.02x with it on. Before the single compute thread,
+    # CLIP ran beside the decoder and spinning made that worse (generator RTF 1.14 on, 0.93 off).
+    pipeline = OnnxPipeline.load(engines, threads=threads, spinning=True, provider=provider, cuda_graph=cuda_graph)
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))
     ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)))  # room for the re-prime boost
-    recorder = WavRecorder(record, out_rate) if record else None
+    # 16-bit PCM: a recording any WAV reader opens, Python's wave module included
+    recorder = WavRecorder(record, out_rate, subtype="PCM_16") if record else None
     playout = Playout(ring, out_rate, target=config.buffer_seconds, low_water=config.low_water, recorder=recorder,
                       stall_seconds=config.stall_seconds)
     engine = LiveEngine(pipeline, source, config, playout, out_rate, report=print)
     if engine_hook is not None:
         engine_hook(engine)
     sink = ClockSink(ring, out_rate) if no_audio else SoundDeviceSink(ring, out_rate, device)
-    reporter = StatusReporter(engine, sink, metrics)
+    notifier = SystemdNotifier()  # a no-op unless systemd started us with Type=notify
+    reporter = StatusReporter(engine, sink, metrics, metrics_max_bytes=int(metrics_max_mb * 2**20), notifier=notifier)
     previous = None
     if _main_thread():
         # SIGTERM (systemd stop) ends the run like Ctrl-C; SIGINT is installed explicitly
         # since a shell that starts us in the background leaves it ignored
         previous = (signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, signal.default_int_handler))
     stopped = "finished"
+    watch = ThreadWatch().install()
+    engine.watch = watch
     try:
         playout.start()
         sink.start()
         reporter.start()
+        watch.watch("playout", playout.thread, lambda: playout.beat)
+        watch.watch("sound output", sink.thread)
+        watch.watch("status", reporter.thread)
         engine.run()
     except KeyboardInterrupt:
         stopped = "stopped"
     finally:
+        watch.uninstall()
         engine.stop_event.set()
         playout.close()
         playout.finish()
-        playout.feed()  # whatever was generated reaches the recorder
+        try:
+            playout.feed()  # whatever was generated reaches the recorder
+        except Exception as exc:  # the playout's own fault: the error that ended the run goes on
+            logging.getLogger(__name__).error("the last audio could not be flushed: %s", exc)
         sink.close()
         last = reporter.close()
+        notifier.close()
         if recorder is not None:
             recorder.close()
         if previous is not None:
@@ -195,20 +226,30 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
             f"{last['underflows']} underflows, {last['reconnects']} source reconnects, "
             f"degrade cheaper/repeat/silence {last['degrade_cheaper']}/{last['degrade_repeats']}/"
             f"{last['degrade_silences']}, RTF {last['rtf']:.2f}")
+    if last["sink_outages"]:
+        text += f", {last['sink_outages']} sound output outages ({last['sink_outage_s']:.1f} s)"
     if recorder is not None:
         text += f"\nrecorded {recorder.samples / out_rate:.2f} s to {recorder.path}"
+        if recorder.failed:
+            text += f" (recording stopped: {recorder.failed})"
     return text
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
 def cli() -> None:
     """Console-script entry point (img2music-live)."""
-    sys.exit(run_cli(main))
+    code = run_cli(main)
+    if any(t.name == "source-reader" and t.is_alive() for t in threading.enumerate()):
+        # A reader still blocked inside OpenCV/FFmpeg (a hung stream) while the interpreter
+        # tears down aborts the process (SIGABRT, exit 134: a core dump and a failed unit).
+        # Everything of ours is closed and flushed by now: leave without the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

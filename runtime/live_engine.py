@@ -1,7 +1,8 @@
 """The live loop: frames -> scenes -> endless tokens -> streamed audio -> sound card / WAV.
 
-Threads at the edges: the source (runtime.live_sources), the playout feeder
-(runtime.playout), the sink (runtime.audio_sink). Everything that computes runs in one
+Threads at the edges: the source (runtime.source_thread), the playout feeder
+(runtime.playout), the sink (runtime.audio_sink), the status reporter; the compute thread
+checks them between its actions (runtime.thread_watch) and ends the run when one died. Everything that computes runs in one
 thread, the caller's (so Ctrl-C lands where the state is): looks at the newest frame
 (thumbnail gate, CLIP, scene tracking) and music chunks, one at a time. On two cores two
 models running at once would each get half the cores and their thread pools would fight
@@ -42,12 +43,13 @@ from basics.errors import Img2MusicError
 from runtime.audio_sink import Resampler
 from runtime.generation import Windowing
 from runtime.live_budget import ContextBudget, measure_costs
-from runtime.live_sources import FrameSource, SourceThread
+from runtime.live_sources import FrameSource, default_fallback_image
 from runtime.onnx_pipeline import Conditioning
 from runtime.playout import Playout
 from runtime.preprocess import preprocess_images
 from runtime.sampling import SamplingConfig
 from runtime.scene import FrameGate, SceneConfig, SceneTracker
+from runtime.source_thread import SourceThread
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class LiveConfig:
     low_water: float = 0.15
     """Seconds left in the ring at which the playout starts repeating audio."""
     stall_seconds: float = 10.0
-    """Seconds without any fresh music before the playout fades to silence."""
+    """Seconds without fresh music or any generator progress before the playout fades to silence."""
     transition_seconds: float = 4.0
     """Length of the conditioning blend after a scene change (0 = immediate swap)."""
     transition_mode: str = "blend"
@@ -97,6 +99,11 @@ class LiveConfig:
     """Stop after this many seconds of music (None: run until stopped)."""
     stale_after: float = 3.0
     """Seconds without a good frame before the source is reopened."""
+    first_frame_wait: float = 2.0
+    """Seconds to wait for the source's first frame before the music starts from the fallback image."""
+    fallback_image: np.ndarray | None = None
+    """(H, W, 3) RGB uint8 image the music starts from when the source has no frame yet
+    (None: :func:`runtime.live_sources.default_fallback_image`)."""
     scene: SceneConfig = field(default_factory=SceneConfig)
     """Scene-change detection."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -152,6 +159,9 @@ class LiveEngine:
         self.frames_done = 0
         self.music_samples = 0  # fresh samples submitted at the model rate
         self.embed_errors = 0
+        self.fallback_used = False
+        self.watch = None
+        """runtime.thread_watch.ThreadWatch of the edge threads, checked between actions (None: unchecked)."""
         self.rtf = 0.0
         self._step_seconds = 0.0
         self.compute = {"look": 0.0, "transition": 0.0, "chunk": 0.0}
@@ -195,17 +205,25 @@ class LiveEngine:
         return scene
 
     def wait_for_first_scene(self) -> Scene:
-        """Look often until a frame makes the first scene: the music waits for it."""
-        warned = time.monotonic()
+        """Look often until a frame makes the first scene; after ``first_frame_wait`` seconds
+        without one (camera missing, stream down at start) the fallback image makes it, so
+        the music starts anyway, and the camera takes over as a scene change once it delivers."""
+        started = time.monotonic()
         while not self.stop_event.is_set():
             now = time.monotonic()
             self._look(now, 0.02)
             scene = self._take_scene()
             if scene is not None:
                 return scene
-            if now - warned > 5:
-                log.warning("waiting for a first frame from %s", self.source.source.name)
-                warned = now
+            if now - started >= self.config.first_frame_wait:
+                log.warning("no frame from %s after %.0f s (%s): playing from the fallback image until it delivers",
+                            self.source.source.name, self.config.first_frame_wait, self.source.state)
+                self.fallback_used = True
+                self._embed(self.config.fallback_image if self.config.fallback_image is not None
+                            else default_fallback_image(), now)
+                scene = self._take_scene()
+                if scene is not None:
+                    return scene
             self.stop_event.wait(0.02)
         raise KeyboardInterrupt
 
@@ -275,16 +293,21 @@ class LiveEngine:
         """Until ``duration`` is reached or :attr:`stop_event` is set (KeyboardInterrupt passes through)."""
         c = self.config
         self.source.start()
+        if self.watch is not None:
+            self.watch.watch("source", self.source.thread)
         try:
             first = self.wait_for_first_scene()
             self.scene, self._applied = first, (first.conditioning, first.mask)
             self.window = self._choose_window(first)
             self.stream = self.pipeline.stream(conditioning=Conditioning(first.conditioning, first.mask),
                                                sampling=c.sampling, chunk_frames=c.chunk_frames, window=self.window)
+            self.stream.on_step = self.playout.progress  # slow is not stalled: no silence while steps come
             total = None if c.duration is None else int(round(c.duration * self.pipeline.sample_rate))
             while not self.stop_event.is_set():
                 if total is not None and self.music_samples >= total:
                     break
+                if self.watch is not None:
+                    self.watch.check()  # a dead or hung thread ends the run, non-zero
                 now = time.monotonic()
                 action, wait = next_action(now, self.playout.buffered(), self._target(), self._next_look)
                 if action == "look":
@@ -333,6 +356,8 @@ class LiveEngine:
         self.playout.finish()
         deadline = time.monotonic() + self.playout.buffered() + 5
         while not self.playout.drained() and time.monotonic() < deadline:
+            if self.watch is not None:
+                self.watch.check()
             time.sleep(0.01)
         if not self.playout.drained():
             raise Img2MusicError("the sink stopped draining audio")

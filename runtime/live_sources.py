@@ -1,10 +1,10 @@
-"""Frame sources for the live runtime, and the thread that keeps one alive.
+"""Frame sources for the live runtime (runtime.source_thread keeps one alive).
 
 A source is anything whose ``open()`` returns a connection with ``read() -> frame or
 None`` and ``release()`` (simple sources return themselves):
 OpenCV captures (camera index, ``/dev/video*``, RTSP/HTTP URL, GStreamer pipeline),
 a video file (looped), a folder of images (slideshow) or generated scenes.
-:class:`SourceThread` reads it in a daemon thread and hands out the newest *good*
+:class:`runtime.source_thread.SourceThread` reads it in a daemon thread and hands out the newest *good*
 frame (RGB uint8) with its age. Nothing a source does is fatal to the music:
 
 - ``read()`` that raises, returns ``None`` or returns garbage is counted and dropped
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +52,10 @@ class FrameSource(Protocol):
 
 
 def _cv2():
+    # OpenCV's and FFmpeg's own lines ("[ WARN:0@0.046] global cap_v4l.cpp ...") would repeat
+    # in the journal on every reopen; our source thread logs one line per failure instead.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     try:
         import cv2
     except ImportError:
@@ -255,6 +257,15 @@ class SyntheticSource:
         pass
 
 
+def default_fallback_image(size: int = 224) -> np.ndarray:
+    """The picture the music starts from while the camera has nothing yet: a calm dusk
+    gradient (deep blue above, warm orange at the horizon), RGB uint8 (size, size, 3)."""
+    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]  # 0 at the top
+    top, horizon = np.array([25, 35, 90], np.float32), np.array([235, 140, 70], np.float32)
+    image = (1 - t) * top + t * horizon  # (size, 1, 3)
+    return np.repeat(image, size, axis=1).astype(np.uint8)
+
+
 def make_source(camera: str | None = None, video: str | None = None, images: str | None = None,
                 synthetic: bool = False, interval: float = 10.0, scene_seconds: float = 6.0,
                 seed: int = 0) -> FrameSource:
@@ -271,132 +282,3 @@ def make_source(camera: str | None = None, video: str | None = None, images: str
     if images is not None:
         return ImageFolderSource(images, interval)
     return SyntheticSource(scene_seconds, seed)
-
-
-@dataclass
-class SourceStats:
-    frames: int = 0
-    """Good frames delivered."""
-    dropped: int = 0
-    """Frames that were None, garbage or raised."""
-    reconnects: int = 0
-    """Times the source was released and reopened (stale, blocked or failing)."""
-    open_failures: int = 0
-    """Failed open() attempts."""
-
-
-class SourceThread:
-    """Keeps a source alive in the background; :meth:`latest` gives the newest good frame."""
-
-    def __init__(self, source: FrameSource, stale_after: float = 3.0, max_failures: int = 25,
-                 backoff: tuple[float, float] = (0.5, 10.0)) -> None:
-        self.source = source
-        self.stale_after, self.max_failures = stale_after, max_failures
-        self.backoff_min, self.backoff_max = backoff
-        self.stats = SourceStats()
-        self._frame: np.ndarray | None = None
-        self._frame_time = 0.0
-        self._frame_id = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._generation = 0
-        self._bad_in_row = 0
-        self._supervisor: threading.Thread | None = None
-
-    def start(self) -> "SourceThread":
-        self._supervisor = threading.Thread(target=self._supervise, name="source-supervisor", daemon=True)
-        self._supervisor.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._supervisor is not None:
-            self._supervisor.join(timeout=2)
-
-    def latest(self) -> tuple[np.ndarray | None, int, float]:
-        """(frame or None, frame id, age in seconds; inf before the first frame)."""
-        with self._lock:
-            age = time.monotonic() - self._frame_time if self._frame is not None else float("inf")
-            return self._frame, self._frame_id, age
-
-    def _deliver(self, frame: np.ndarray) -> None:
-        with self._lock:
-            self._frame, self._frame_time = frame, time.monotonic()
-            self._frame_id += 1
-        self.stats.frames += 1
-
-    def _read_loop(self, connection, generation: int, failed: threading.Event) -> None:
-        """One connection: read until told to stop or too many failures in a row, then
-        release it (a reader abandoned while blocked releases when read() returns)."""
-        try:
-            self._read_frames(connection, generation, failed)
-        finally:
-            try:
-                connection.release()
-            except Exception as exc:
-                log.debug("source release failed: %s", exc)
-
-    def _read_frames(self, connection, generation: int, failed: threading.Event) -> None:
-        failures = 0
-        bgr = getattr(self.source, "bgr", True)
-        while not self._stop.is_set() and generation == self._generation:
-            try:
-                frame = sanitize_frame(connection.read(), bgr=bgr)
-            except Exception as exc:  # a driver error must not end the music
-                log.debug("source read failed: %s", exc)
-                frame = None
-            if generation != self._generation:
-                break  # abandoned while blocked: the frame belongs to a dead connection
-            if frame is None:
-                self.stats.dropped += 1
-                failures += 1
-                self._bad_in_row = failures
-                if failures >= self.max_failures:
-                    failed.set()
-                    return
-                time.sleep(0.01)
-                continue
-            failures = self._bad_in_row = 0
-            self._deliver(frame)
-
-    def _supervise(self) -> None:
-        delay = self.backoff_min
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                connection = self.source.open()
-            except Exception as exc:
-                self.stats.open_failures += 1
-                attempt += 1
-                log.warning("%s: open failed (%s); retry %d in %.1f s", self.source.name, exc, attempt, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.backoff_max)
-                continue
-            self._generation += 1
-            generation, failed = self._generation, threading.Event()
-            opened, frames_before, self._bad_in_row = time.monotonic(), self.stats.frames, 0
-            reader = threading.Thread(target=self._read_loop, args=(connection, generation, failed), name="source-reader",
-                                      daemon=True)
-            reader.start()
-            reason = None
-            while not self._stop.is_set():
-                if failed.is_set():
-                    reason = f"{self.max_failures} bad reads in a row"
-                    break
-                with self._lock:
-                    last = max(self._frame_time, opened)
-                if time.monotonic() - last > self.stale_after:
-                    why = f"{self._bad_in_row} bad reads in a row" if self._bad_in_row else "stalled or blocked"
-                    reason = f"no good frame for {self.stale_after:.1f} s ({why})"
-                    break
-                self._stop.wait(0.05)
-            self._generation += 1  # the reader sees it and stops; a blocked one is abandoned
-            if reason is None:
-                break
-            if self.stats.frames > frames_before:
-                delay = self.backoff_min  # this connection had worked: start the back-off again
-            self.stats.reconnects += 1
-            attempt += 1
-            log.warning("%s: %s; reconnecting (attempt %d) in %.1f s", self.source.name, reason, attempt, delay)
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.backoff_max)

@@ -8,11 +8,15 @@ JSON object, flushed at once so that ``tail -f`` and a crash both see it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import sys
 import threading
 import time
 from typing import TextIO
+
+log = logging.getLogger(__name__)
 
 
 def rss_mb() -> float:
@@ -44,12 +48,17 @@ def snapshot(engine, sink, started: float) -> dict:
         "frames": src.stats.frames,
         "frames_dropped": src.stats.dropped,
         "reconnects": src.stats.reconnects,
+        "open_failures": src.stats.open_failures,
+        "source_state": src.state,
+        "fallback_used": engine.fallback_used,
         "scene_changes": engine.tracker.changes,
         "scene_distance": round(engine.tracker.last_distance, 4),
         "embeds": engine.gate.passed,
         "embeds_skipped": engine.gate.skipped,
         "directive": scene.directive if scene is not None else None,
         "reprimes": engine.stream.generator.reprimes if engine.stream is not None else 0,
+        "window_frames": engine.window.window_frames if engine.window is not None else None,
+        "keep_frames": engine.window.keep_frames if engine.window is not None else None,
         "degrade_level": p.level,
         "degrade_cheaper": p.counts.cheaper,
         "degrade_repeats": p.counts.repeats,
@@ -57,6 +66,8 @@ def snapshot(engine, sink, started: float) -> dict:
         "recoveries": p.counts.recoveries,
         "scene_latency_s": [round(s, 3) for label, s, _ in p.counts.latencies if label == "scene"][-5:],
         "sink_reopens": getattr(sink, "reopens", 0),
+        "sink_outages": getattr(sink, "outages", 0),
+        "sink_outage_s": round(getattr(sink, "outage_seconds", 0.0), 2),
         "sink_status_flags": getattr(sink, "status_flags", 0),
         "rss_mb": round(rss_mb(), 1),
     }
@@ -67,37 +78,83 @@ def status_line(s: dict) -> str:
     line = (f"music {s['music_s']:7.1f}s | buffer {s['buffer_s']:4.2f}s | RTF {s['rtf']:4.2f} | "
             f"underflows {s['underflows']} | frame age {age} | scenes {s['scene_changes']} | "
             f"degrade L{s['degrade_level']} | rss {s['rss_mb']:.0f} MB")
+    if s.get("source_state", "streaming") != "streaming":
+        line += f" | source {s['source_state']}"
     if s["directive"]:
         line += f" | {s['directive']}"
     return line
 
 
+def version() -> str:
+    """This package's installed version ("unknown" when run from a plain checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("img2music")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class StatusReporter:
-    """Background thread: status line to ``stream`` (when a terminal) and JSONL to ``metrics``."""
+    """Background thread: status line to ``stream`` (when a terminal) and JSONL to ``metrics``.
+
+    The metrics file is rotated by size (``metrics_max_bytes``; ``FILE.1`` .. ``FILE.<keep>``
+    hold the older lines), so weeks unattended cannot fill the disk: a line a second is
+    ~50 MB a day."""
 
     def __init__(self, engine, sink, metrics_path: str | None, stream: TextIO | None = None,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, metrics_max_bytes: int = 20 * 2**20, metrics_keep: int = 3,
+                 notifier=None) -> None:
         self.engine, self.sink, self.interval = engine, sink, interval
+        self.notifier = notifier
+        """runtime.systemd_notify.SystemdNotifier (None: not told)."""
+        self._consumed = 0  # samples the sink had taken at the last report
         self.stream = stream if stream is not None else sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.metrics_path, self.metrics_max_bytes, self.metrics_keep = metrics_path, metrics_max_bytes, metrics_keep
         self.metrics = open(metrics_path, "a", encoding="utf-8") if metrics_path else None
+        self.build = {"version": version()}
+        if engine is not None:
+            self.build.update(bundle=str(engine.pipeline.bundle.root), precision=engine.pipeline.bundle.precision)
         self.started = time.monotonic()
         self.last: dict | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+        self._wrapped: list = []  # (log handler, its own formatter) while the status line is drawn
+
+    @property
+    def thread(self):
+        """The background thread (for the supervisor, runtime.thread_watch)."""
+        return self._thread
 
     def start(self) -> "StatusReporter":
+        if self.tty:
+            self._wrapped = [(h, h.formatter) for h in logging.getLogger().handlers
+                             if getattr(h, "stream", None) is self.stream]
+            for handler, formatter in self._wrapped:
+                handler.setFormatter(_ClearLine(formatter))
         self._thread.start()
         return self
 
     def report(self) -> dict:
         s = snapshot(self.engine, self.sink, self.started)
         self.last = s
+        if self.notifier is not None:
+            self._notify(s)
         if self.metrics is not None:
-            self.metrics.write(json.dumps(s) + "\n")
-            self.metrics.flush()
+            try:
+                self.metrics.write(json.dumps({**s, **self.build}) + "\n")
+                self.metrics.flush()
+                if self.metrics.tell() >= self.metrics_max_bytes:
+                    self._rotate()
+            except OSError as exc:  # disk full: the metrics stop, the music and the status line do not
+                log.error("metrics stopped: cannot write %s: %s", self.metrics.name, exc.strerror or exc)
+                self._close_metrics()
         if self.tty:
-            self.stream.write("\r\033[K" + status_line(s)[:200])
+            # one row, never wrapped: a wrapped line would scroll the terminal on every redraw
+            width = shutil.get_terminal_size((200, 24)).columns
+            self.stream.write("\r\033[K" + status_line(s)[: max(20, width - 1)])
             self.stream.flush()
         return s
 
@@ -111,6 +168,51 @@ class StatusReporter:
         s = self.report()
         if self.tty:
             self.stream.write("\n")
-        if self.metrics is not None:
-            self.metrics.close()
+        for handler, formatter in self._wrapped:
+            handler.setFormatter(formatter)
+        self._wrapped = []
+        self._close_metrics()
         return s
+
+    def _notify(self, s: dict) -> None:
+        """READY once audio has reached the sink; WATCHDOG only while it keeps reaching it and
+        it is music (not the stall's silence): a process that is up but silent stops petting
+        the watchdog, and systemd restarts it."""
+        consumed = self.engine.playout.ring.consumed
+        flowing = consumed > self._consumed and self.engine.playout.level < 3
+        self._consumed = consumed
+        if consumed > 0:
+            self.notifier.ready()
+        if flowing:
+            self.notifier.watchdog()
+        self.notifier.status(status_line(s))
+
+    def _rotate(self) -> None:
+        """FILE -> FILE.1 -> ... -> FILE.<keep> (the oldest is dropped); a fresh FILE."""
+        self.metrics.close()
+        path = self.metrics_path
+        for i in range(self.metrics_keep - 1, 0, -1):
+            if os.path.exists(f"{path}.{i}"):
+                os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+        os.replace(path, f"{path}.1")
+        self.metrics = open(path, "a", encoding="utf-8")
+
+    def _close_metrics(self) -> None:
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            try:
+                metrics.close()
+            except OSError:
+                pass  # the unflushed line is lost with the full disk
+
+
+class _ClearLine(logging.Formatter):
+    """A log line printed while the status line is drawn first clears that row, so the
+    two never glue together; the status line is redrawn on its next tick."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\r\033[K" + self.inner.format(record)

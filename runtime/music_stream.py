@@ -13,7 +13,7 @@ needs and changes the conditioning between chunks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class MusicStream:
         """The prompt-bank directive chosen per piece (None for a trained projector)."""
         self.timer = timer or StageTimer()
         """Seconds in the decoder and in EnCodec, accumulated over the chunks."""
+        self.on_step: Callable[[], None] | None = None
+        """Called after every decoder pass (the live engine's heartbeat to the playout)."""
         self.finished = False
         self._piece = generator.piece
 
@@ -59,7 +61,7 @@ class MusicStream:
             raise Img2MusicError("the piece is complete")
         self._check_current()
         with self.timer.stage("decoder"):
-            codes = self.generator.next_frames(frames or self.chunk_frames, self.sampling)  # (B, K, n)
+            codes = self.generator.next_frames(frames or self.chunk_frames, self.sampling, self.on_step)  # (B, K, n)
         with self.timer.stage("encodec"):
             audio = self.encodec.push(codes)  # (B, samples)
             if self.generator.done:

@@ -65,7 +65,7 @@ class OnnxPipeline:
     def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,
              provider: str = "cpu", spinning: bool = True, cuda_graph: bool = True) -> "OnnxPipeline":
         """``provider``: cpu, cuda or tensorrt (``runtime.backends`` says what each runs and
-        refuses). ``spinning=False`` when other threads need the cores (live);
+        refuses). ``spinning=False`` when other threads compute at the same time;
         ``cuda_graph=False`` runs a GPU decoder step without graph replay."""
         options = SessionOptions(provider=provider, threads=threads, spinning=spinning, cuda_graph=cuda_graph)
         return cls(load_bundle(root, verify_hashes=verify_hashes), options)

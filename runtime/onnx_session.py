@@ -33,7 +33,8 @@ def create_session(path: str | os.PathLike, threads: int | None = None, provider
 
     ``spinning=False``: ORT's worker threads sleep instead of busy-waiting between runs.
     Busy-waiting shaves latency off back-to-back runs of one session, but steals the
-    cores from anything else running at the same time (the live runtime's CLIP thread)."""
+    cores from anything else computing at the same time (another model's session in
+    another thread); the live runtime runs its models one at a time and keeps it on."""
     ort = onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

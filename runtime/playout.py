@@ -11,8 +11,10 @@ down a ladder that keeps music playing, counting each step:
 2. ``repeat`` — the ring is about to run dry (below ``low_water``) with nothing fresh:
    the last ``repeat_seconds`` of fresh music are played again, crossfaded in and out,
    as often as needed while fresh audio keeps arriving;
-3. ``silence`` — only after a stall: no fresh audio for ``stall_seconds`` (a generator
-   that has stopped, not one that is slow). The music fades to silence (blocks of zeros
+3. ``silence`` — only after a stall: for ``stall_seconds`` neither fresh audio nor a
+   sign of work (:meth:`Playout.progress`, which the live engine calls after every decoder
+   step) — a generator that has stopped, not one that is slow: on a host slowed far enough
+   that one chunk takes longer than the limit, the music keeps repeating. The music fades to silence (blocks of zeros
    written on purpose, so the sound card never underflows). Before the first audio there
    is nothing to play and nothing is written.
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from basics.errors import Img2MusicError
 from runtime.audio_files import WavRecorder
 from runtime.audio_sink import RingBuffer
 
@@ -67,6 +70,7 @@ class Playout:
         self.repeat_len = max(2 * self.xfade, int(repeat_seconds * rate))
         self.stall_seconds, self.clock = stall_seconds, clock
         self._last_fresh = clock()
+        self._last_progress = float("-inf")
         self.counts = DegradeCounts()
         self.level = 0
         self.fresh_out = 0  # fresh samples moved toward the ring (held tail included)
@@ -82,8 +86,13 @@ class Playout:
         self._finished = False
         self._primed = False  # pre-roll: nothing reaches the ring until the target is buffered
         self._thread = threading.Thread(target=self.run, name="playout", daemon=True)
+        self.beat = time.monotonic()
 
     # -- generator side -------------------------------------------------------------
+    def progress(self) -> None:
+        """The generator is working (called per decoder step): not a stall, however slow."""
+        self._last_progress = self.clock()
+
     def submit(self, audio: np.ndarray) -> None:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if len(audio):
@@ -108,6 +117,11 @@ class Playout:
         return self._finished and self._queued == 0 and len(self._held) == 0 and self.ring.available() == 0
 
     # -- feeder side ----------------------------------------------------------------
+    @property
+    def thread(self):
+        """The background thread (for the supervisor, runtime.thread_watch)."""
+        return self._thread
+
     def start(self) -> "Playout":
         self._thread.start()
         return self
@@ -120,6 +134,7 @@ class Playout:
     def run(self) -> None:
         while not self._stop.is_set():
             self.feed()
+            self.beat = time.monotonic()  # the supervisor's sign of progress (runtime.thread_watch)
             self._stop.wait(self.tick)
 
     def feed(self) -> None:
@@ -196,14 +211,18 @@ class Playout:
             if done < len(audio):
                 time.sleep(self.tick)  # ring full: the sink drains in real time
         if self.recorder is not None and len(audio):
-            self.recorder.write(audio)
+            try:
+                self.recorder.write(audio)
+            except Img2MusicError as exc:  # disk full: the recording stops, the music does not
+                log.error("recording stopped after %.1f s: %s", self.recorder.samples / self.rate, exc)
+                self.recorder = None
 
     def _maybe_degrade(self) -> None:
         if self._finished or self.fresh_out == 0:
             return  # before the first audio there is nothing to degrade
         if self.ring.available() / self.rate >= self.low_water:
             return
-        stalled = self.clock() - self._last_fresh > self.stall_seconds
+        stalled = self.clock() - max(self._last_fresh, self._last_progress) > self.stall_seconds
         if not stalled:
             self.counts.repeats += 1
             self.level = max(self.level, 2)
@@ -215,7 +234,8 @@ class Playout:
         if self._after != "silence":
             self.counts.silences += 1
             self.level = 3
-            log.warning("playout: no fresh audio for %.0f s, fading to silence", self.stall_seconds)
+            log.warning("playout: no fresh audio and no generator progress for %.0f s, fading to silence",
+                        self.stall_seconds)
             n = len(self._held)
             self._to_ring(self._held * np.linspace(1.0, 0.0, n, dtype=np.float32))
             self._held = np.zeros(0, dtype=np.float32)

@@ -26,6 +26,8 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file fully (decode errors surface here, not later) as RGB."""
+    if "://" in str(path):  # Path() would fold "http://" to "http:/" and say "not found"
+        raise Img2MusicError(f"images are read from local files, not URLs: {path} (download it first)")
     path = Path(path)
     if not path.exists():
         raise Img2MusicError(f"image not found: {path}")

@@ -117,3 +117,8 @@ def test_console_scripts_resolve_and_answer_help():
         assert exe.is_file(), f"{name} is not installed next to {sys.executable} (pip install -e .)"
         proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "usage:" in proc.stdout, (name, proc.stderr[-500:])
+        # defaults stated once, and never as a bare "None" (basics.cli_help)
+        text = " ".join(proc.stdout.split())
+        assert "(default: None)" not in text, name
+        twice = [part for part in text.split(" --") if part.count("(default") > 1]
+        assert not twice, (name, twice)

@@ -34,6 +34,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from basics.presets import PRESETS
 from training.text_models import DEFAULT_CAPTIONER, DEFAULT_LLM, PROMPTS
@@ -260,7 +261,7 @@ def load_audio(path: str, rate: int, samples: int) -> tuple[np.ndarray, int]:
 def build_parser() -> argparse.ArgumentParser:
     d = BuildConfig(input="", out="")
     p = argparse.ArgumentParser(prog="build_dataset.py", description="Phase I: build the Study II dataset.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--input", required=True, help="image folder, or CSV/JSONL manifest (image[,audio,text,emotion,genre])")
     p.add_argument("--out", required=True, help="dataset directory; re-running the same command resumes")
     p.add_argument("--preset", choices=PRESETS, default=None, help="random-weight MusicGen + CLIP instead of checkpoints")

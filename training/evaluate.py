@@ -25,6 +25,7 @@ from typing import Sequence
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def run_ablations(data: str, configs: list[str], runs: str, epochs: int | None, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="evaluate.py", description="Test-split cosine / MAE of trained projectors.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="Phase I dataset directory")
     p.add_argument("--checkpoint", action="append", default=[], help="train.py checkpoint; repeat to compare")
     p.add_argument("--ablations", nargs="*", default=[], help="ablation config JSON files (trained, then evaluated)")

@@ -330,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = type(default) if default is not None else str
             extra = {"choices": ("mlp", "transformer")} if f.name == "projector" else {}
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{_doc(f.name)} (default: {default})",
-                           **extra)
+            # a None default is explained by the field's own docstring ("default: the dataset's")
+            stated = "" if default is None else f" (default: {default})"
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{_doc(f.name)}{stated}", **extra)
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
 

@@ -141,3 +141,15 @@ def test_schema_1_bundles_still_run(tiny_bundle, tmp_path, photos):
     sampling = SamplingConfig(seed=3)
     np.testing.assert_array_equal(old([photos["coffee"]], 0.5, sampling).audio,
                                   OnnxPipeline.load(tiny_bundle)([photos["coffee"]], 0.5, sampling).audio)
+
+
+def test_an_unreadable_bundle_file_is_one_clear_error(tiny_bundle, monkeypatch):
+    """A file the service user cannot read: permission denied, named (not a raw
+    PermissionError; monkeypatched since root, which runs CI, reads everything)."""
+    import runtime.bundle as bundle_module
+
+    real = bundle_module.os.access
+    monkeypatch.setattr(bundle_module.os, "access",
+                        lambda path, mode: False if str(path).endswith("decoder_step.onnx") else real(path, mode))
+    with pytest.raises(Img2MusicError, match=r"cannot read bundle file .*decoder_step\.onnx: permission denied"):
+        load_bundle(tiny_bundle, verify_hashes=False)

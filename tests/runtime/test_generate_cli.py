@@ -52,7 +52,8 @@ def test_help_states_defaults():
 @pytest.mark.parametrize(
     "case",
     ["missing", "text-file", "zero-bytes", "directory", "negative-seconds", "zero-seconds", "unknown-preset",
-     "unwritable-out", "preset-and-checkpoint", "bad-temperature", "missing-model"],
+     "unwritable-out", "preset-and-checkpoint", "bad-temperature", "missing-model", "nan-guidance",
+     "inf-guidance", "top-p-above-one", "negative-top-k", "zero-threads", "negative-threads", "image-url"],
 )
 def test_bad_input_fails_cleanly(case, tmp_path, photo_files):
     good = photo_files["coffee"]
@@ -75,6 +76,36 @@ def test_bad_input_fails_cleanly(case, tmp_path, photo_files):
         "bad-temperature": (["--preset", "tiny", "--image", good, "--temperature", "0"], "temperature"),
         "missing-model": (["--musicgen", tmp_path / "no-model", "--clip", tmp_path / "no-clip", "--image", good,
                            "--out", tmp_path / "o"], "model directory not found"),
+        "nan-guidance": (["--preset", "tiny", "--image", good, "--guidance-scale", "nan"], "finite"),
+        "inf-guidance": (["--preset", "tiny", "--image", good, "--guidance-scale", "inf"], "finite"),
+        "top-p-above-one": (["--preset", "tiny", "--image", good, "--top-p", "2"], "between 0 and 1"),
+        "negative-top-k": (["--preset", "tiny", "--image", good, "--top-k", "-1"], ">= 0"),
+        "zero-threads": (["--engines", tmp_path, "--image", good, "--threads", "0"], "positive"),
+        "negative-threads": (["--engines", tmp_path, "--image", good, "--threads", "-1"], "positive"),
+        "image-url": (["--preset", "tiny", "--image", "http://example.com/a.jpg"], "http://example.com/a.jpg"),
     }[case]
     proc = run(*args, "--seconds" if "--seconds" not in args else "--seed", "1" if "--seconds" in args else "0.2")
     assert_clean_failure(proc, expected)
+
+
+def test_every_input_gets_its_own_file_whatever_its_name(tiny_bundle, photo_files, tmp_path):
+    """a/photo.png, b/photo.png and photo-2.png are three files, not two (no silent
+    overwrite); a name that is not UTF-8 generates and is printed, not a UnicodeEncodeError."""
+    import shutil
+
+    src = photo_files["astronaut"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    inputs = [tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png", tmp_path / "photo-2.png",
+              tmp_path / os.fsdecode(b"caf\xe9.png")]  # a Latin-1 name on a UTF-8 system
+    for path in inputs:
+        shutil.copy(src, path)
+    out = tmp_path / "out"
+    proc = run("--engines", tiny_bundle, *[x for p in inputs for x in ("--image", p)], "--seconds", "0.2",
+               "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["photo.wav", "photo-2.wav", "photo-2-2.wav", "caf\ufffd.wav"]), names
+    assert "caf\ufffd.png -> " in proc.stdout
+    for name in names:
+        assert sf.info(str(out / name)).frames == 10 * 640

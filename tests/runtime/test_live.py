@@ -226,6 +226,7 @@ def test_video_file_and_image_folder_sources(tiny_bundle, tmp_path, photos):
     (["--video", "/nope/v.mp4"], "video file not found"),
     (["--synthetic", "--record", "/nope/dir/x.wav"], "directory does not exist"),
     (["--synthetic", "--engines", "/nope/bundle"], "engine bundle not found"),
+    (["--synthetic", "--fallback-image", "/nope/dusk.png"], "image not found: /nope/dusk.png"),
 ])
 def test_bad_input_is_one_clear_error(argv, message, capsys):
     if "--engines" not in argv:

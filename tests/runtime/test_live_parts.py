@@ -118,6 +118,30 @@ def test_playout_ladder_keeps_music_playing_and_recovers():
     assert 4.0 < playout.counts.fill_seconds < 5.0  # ten 0.5 s repeats, less their crossfades
 
 
+def test_a_slow_generator_that_keeps_stepping_is_not_a_stall():
+    """No fresh audio for three stall limits, but decoder steps keep coming (a host so slow
+    that one chunk outlasts the limit): repeats, never silence; once the steps stop too,
+    silence after the limit."""
+    rate, clock = 1000, FakeClock()
+    ring = RingBuffer(rate * 60)
+    playout = Playout(ring, rate, target=1.0, low_water=0.15, crossfade=0.05, repeat_seconds=0.5,
+                      stall_seconds=3.0, clock=clock)
+    playout.submit(np.sin(np.arange(rate) * 0.05).astype(np.float32))
+    playout.feed()
+    for _ in range(90):  # 9 s, a step every 0.1 s
+        clock.now += 0.1
+        playout.progress()
+        _drain(ring, max(0.0, ring.available() / rate - 0.1), rate)
+        playout.feed()
+    assert playout.counts.silences == 0 and playout.counts.repeats >= 10 and playout.level == 2
+    for _ in range(31):  # the steps stop: a stall after 3 s
+        clock.now += 0.1
+        _drain(ring, max(0.0, ring.available() / rate - 0.1), rate)
+        playout.feed()
+    assert playout.counts.silences == 1 and playout.level == 3
+    assert ring.underflows == 0
+
+
 def test_playout_crossfades_repeats_without_clicks():
     rate = 8000
     ring = RingBuffer(rate * 10)
@@ -192,3 +216,42 @@ def test_frame_gate_skips_still_frames_only(photos):
     always = FrameGate(SceneConfig(pixel_gate=0.0))
     frame = noisy()
     assert always(frame, 0.0) and always(frame, 0.1)
+
+
+def test_status_line_fits_an_80_column_terminal_and_log_lines_clear_it(monkeypatch):
+    """One row, never wrapped (a wrapped line scrolls the pane on every redraw); a log line
+    printed meanwhile starts by clearing the row instead of gluing onto it."""
+    import io
+    import logging
+    import os
+
+    import runtime.live_status as live_status
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    snap = {"music_s": 12.5, "buffer_s": 0.9, "rtf": 0.93, "underflows": 0, "frame_age_s": 0.1,
+            "scene_changes": 3, "degrade_level": 0, "rss_mb": 310.0,
+            "directive": "progressive metal with odd-meter riffs and double bass drums, 145 BPM, intense"}
+    assert len(live_status.status_line(snap)) > 150
+    monkeypatch.setattr(live_status, "snapshot", lambda *a: dict(snap))
+    monkeypatch.setattr(live_status.shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((80, 24)))
+    term = Terminal()
+    handler = logging.StreamHandler(term)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        reporter = live_status.StatusReporter(engine=None, sink=None, metrics_path=None, stream=term, interval=60)
+        reporter.start()
+        reporter.report()
+        logging.getLogger("runtime.test").warning("a warning while the status line is drawn")
+        reporter.close()
+        logging.getLogger("runtime.test").warning("after")
+    finally:
+        root.removeHandler(handler)
+    rows = [r.split("\033[K")[-1] for part in term.getvalue().split("\n") for r in part.split("\r")]
+    status = [r for r in rows if r.startswith("music")]
+    assert status and all(len(r) <= 79 for r in status)
+    assert "\r\033[Ka warning while the status line is drawn" in term.getvalue()
+    assert term.getvalue().endswith("\nafter\n")  # the formatter is given back at close

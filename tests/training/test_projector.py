@@ -108,3 +108,20 @@ def test_prompt_bank_projector_accepts_torch(bank):
     out = proj(torch.from_numpy(bank.text_embeds[[3, 11]]))
     # a directive's own text embedding picks that directive
     assert out.directives == [bank.directives[3], bank.directives[11]]
+
+
+def test_prompt_bank_fits_a_clip_text_tower_shorter_than_77(tiny_models):
+    """Limits come from the checkpoint's config: a CLIP text tower with 8 positions builds a
+    bank (directives are cut to 8 tokens) instead of failing inside CLIP."""
+    import dataclasses
+
+    from transformers import CLIPModel
+
+    config = tiny_models.clip.config.to_dict()
+    config["text_config"]["max_position_embeddings"] = 8
+    clip = CLIPModel(type(tiny_models.clip.config).from_dict(config)).eval()
+    models = dataclasses.replace(tiny_models, clip=clip)
+    long = "slow warm piano with soft strings and a distant choir, rain on the window, 60 BPM, gentle"
+    bank = build_prompt_bank(models, [long, "loud drums"])
+    assert bank.text_embeds.shape == (2, clip.config.projection_dim)
+    assert np.isfinite(bank.text_embeds).all()
