@@ -40,6 +40,9 @@ from basics.cli_help import DefaultsHelpFormatter
 from benchmarks.machine import machine_record
 from runtime.live_sources import SyntheticSource
 
+LADDER_COUNTS = ("degrade_cheaper", "degrade_repeats", "degrade_silences", "recoveries")
+"""The playout ladder's counters in the live metrics."""
+
 
 class SwitchingSource(SyntheticSource):
     """Synthetic scenes that switch at recorded times (the 'frames in' clock)."""
@@ -150,7 +153,7 @@ def load_phases(metrics: str, load: CompetingLoad) -> list[dict]:
     """Music made and ladder steps before, during and after the competing load (from the
     run's per-second metrics): music never stopping shows as silences 0 in every phase."""
     rows = [json.loads(line) for line in Path(metrics).read_text().splitlines()]
-    counters = ("degrade_cheaper", "degrade_repeats", "degrade_silences", "recoveries", "underflows")
+    counters = LADDER_COUNTS + ("underflows",)
     rows.insert(0, {"uptime_s": 0.0, "music_s": 0.0, "window_frames": None, **dict.fromkeys(counters, 0)})  # the start
     edges = [("before", float("-inf"), load.started_at), ("during", load.started_at, load.stopped_at),
              ("after", load.stopped_at, float("inf"))]
@@ -271,7 +274,7 @@ def soak_report(metrics: str, summary: str = "") -> dict:
             "rss_max_mb": max(rss), "rss_growth_mb": round(max(rss) - rss[0], 1),
             "underflows": rows[-1]["underflows"], "scene_changes": rows[-1]["scene_changes"],
             "reprimes": rows[-1]["reprimes"], "wall_s": rows[-1]["uptime_s"],
-            **{k: rows[-1].get(k) for k in ("degrade_cheaper", "degrade_repeats", "degrade_silences", "recoveries")},
+            **{k: rows[-1].get(k) for k in LADDER_COUNTS},
             "windows_frames": sorted({r["window_frames"] for r in rows if r.get("window_frames")}),
             "summary": summary}
 

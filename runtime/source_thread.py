@@ -59,18 +59,14 @@ class SourceThread:
     def stop(self, timeout: float = 2.0) -> None:
         """Stop reading and release the connection: the reader is waited for (a read returns
         within a frame period) so that no thread is inside OpenCV when the process exits.
-        One still blocked after ``timeout`` (a hung network stream) is left: :attr:`reader_stuck`."""
+        One still blocked after ``timeout`` (a hung network stream) is left; live.py's ``cli()``
+        then exits without the interpreter's teardown."""
         self._stop.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=timeout)
         reader = self._reader
         if reader is not None:
             reader.join(timeout=timeout)
-
-    @property
-    def reader_stuck(self) -> bool:
-        """A reader thread still inside ``read()`` after :meth:`stop`."""
-        return self._reader is not None and self._reader.is_alive()
 
     @property
     def state(self) -> str:

@@ -7,18 +7,11 @@ from runtime.generation import Windowing
 from runtime.live_budget import HEADROOM, ContextBudget, Costs, choose_window, keep_for, projected_rtf
 from runtime.live_engine import MAX_LOOK_DELAY, next_action
 from runtime.sampling import SamplingConfig
+from tests.runtime.fake_clock import FakeClock
 
 # small-random int4 on two calm cores: 9.5 ms at 16 positions, 20 ms at 1500 (README)
 INT4 = Costs(step_base_ms=9.4, step_per_position_ms=(20.0 - 9.5) / 1484, prefill_per_frame_ms=5.4,
              encodec_per_second_ms=80.0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_next_action():

@@ -8,6 +8,7 @@ from runtime.live_engine import blend
 from runtime.live_sources import MAX_SIDE, sanitize_frame
 from runtime.playout import Playout
 from runtime.scene import SceneConfig, SceneTracker
+from tests.runtime.fake_clock import FakeClock
 
 
 def test_sanitize_repairs_or_drops_odd_frames(photos):
@@ -70,14 +71,6 @@ def test_ring_buffer_wraps_and_counts_underflows():
 
 def _drain(ring, seconds, rate):
     ring.read_into(np.empty(int(seconds * rate), np.float32))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_playout_ladder_keeps_music_playing_and_recovers():
