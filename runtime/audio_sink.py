@@ -211,7 +211,7 @@ class SoundDeviceSink:
             except Exception as exc:
                 log.info("reopening the audio device failed (%s); retry in %.1f s", exc, delay)
                 self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 2.0)  # cheap to try; the music is waiting
 
     def _close_stream(self) -> None:
         stream, self.stream = self.stream, None

@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--rate", type=positive(int), default=None,
                      help="output sample rate (default: the device's own rate; model rate with --no-audio)")
     out.add_argument("--no-audio", action="store_true", help="no sound card (headless); audio is paced by a clock")
-    out.add_argument("--record", default=None, metavar="WAV", help="also record the output to this WAV file")
+    out.add_argument("--record", default=None, metavar="WAV",
+                     help="also record the output to this WAV file (16-bit; never overwritten: an existing "
+                          "file makes it WAV.1.wav, ...; a full disk pauses the recording, not the music)")
+    out.add_argument("--record-max-mb", type=positive(float), default=1024.0,
+                     help="start a new recording file (WAV.1.wav, ...) when one reaches this size")
     out.add_argument("--duration", type=positive(float), default=None,
                      help="stop after this many seconds of music (default: run until stopped)")
     out.add_argument("--metrics", default=None, metavar="JSONL", help="append one JSON line of metrics per second")
@@ -147,22 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     summary = run_live(args.engines, source, config, no_audio=args.no_audio, device=device, rate=args.rate,
-                       record=args.record, metrics=args.metrics, metrics_max_mb=args.metrics_max_mb,
+                       record=args.record, record_max_mb=args.record_max_mb, metrics=args.metrics,
+                       metrics_max_mb=args.metrics_max_mb,
                        threads=args.threads, provider=args.provider, cuda_graph=args.cuda_graph)
     print(summary)
     return 0
 
 
 def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=None, rate: int | None = None,
-             record: str | None = None, metrics: str | None = None, metrics_max_mb: float = 20.0,
-             threads: int | None = None,
+             record: str | None = None, record_max_mb: float = 1024.0, metrics: str | None = None,
+             metrics_max_mb: float = 20.0, threads: int | None = None,
              provider: str = "cpu", cuda_graph: bool = True,
              engine_hook=None) -> str:
     """One live session; returns the summary line. ``engine_hook(engine)`` runs before the
     start (tests use it to slow the generator or stop it from another thread)."""
-    from runtime.audio_files import WavRecorder
     from runtime.audio_sink import ClockSink, RingBuffer, SoundDeviceSink, device_rate
     from runtime.live_engine import LiveEngine
+    from runtime.live_recording import LiveRecording
     from runtime.live_status import StatusReporter
     from runtime.onnx_pipeline import OnnxPipeline
     from runtime.playout import Playout
@@ -177,8 +182,7 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     pipeline = OnnxPipeline.load(engines, threads=threads, spinning=True, provider=provider, cuda_graph=cuda_graph)
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))
     ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)))  # room for the re-prime boost
-    # 16-bit PCM: a recording any WAV reader opens, Python's wave module included
-    recorder = WavRecorder(record, out_rate, subtype="PCM_16") if record else None
+    recorder = LiveRecording(record, out_rate, max_bytes=int(record_max_mb * 2**20)) if record else None
     playout = Playout(ring, out_rate, target=config.buffer_seconds, low_water=config.low_water, recorder=recorder,
                       stall_seconds=config.stall_seconds)
     engine = LiveEngine(pipeline, source, config, playout, out_rate, report=print)
@@ -229,9 +233,7 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     if last["sink_outages"]:
         text += f", {last['sink_outages']} sound output outages ({last['sink_outage_s']:.1f} s)"
     if recorder is not None:
-        text += f"\nrecorded {recorder.samples / out_rate:.2f} s to {recorder.path}"
-        if recorder.failed:
-            text += f" (recording stopped: {recorder.failed})"
+        text += "\n" + recorder.describe()
     return text
 
 
@@ -241,6 +243,9 @@ def _main_thread() -> bool:
 
 def cli() -> None:
     """Console-script entry point (img2music-live)."""
+    from runtime import native_stderr
+
+    native_stderr.install()  # PortAudio/ALSA's raw lines become -v log lines (not in-process callers' fd 2)
     code = run_cli(main)
     if any(t.name == "source-reader" and t.is_alive() for t in threading.enumerate()):
         # A reader still blocked inside OpenCV/FFmpeg (a hung stream) while the interpreter

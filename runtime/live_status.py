@@ -70,7 +70,15 @@ def snapshot(engine, sink, started: float) -> dict:
         "sink_outage_s": round(getattr(sink, "outage_seconds", 0.0), 2),
         "sink_status_flags": getattr(sink, "status_flags", 0),
         "rss_mb": round(rss_mb(), 1),
+        **_recording(p.recorder),
     }
+
+
+def _recording(recorder) -> dict:
+    if recorder is None:
+        return {}
+    return {"record_state": recorder.state, "recorded_s": round(recorder.samples / recorder.rate, 2),
+            "record_lost_s": round(recorder.lost_samples / recorder.rate, 2), "record_files": len(recorder.segments)}
 
 
 def status_line(s: dict) -> str:

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from basics.errors import Img2MusicError
-from runtime.audio_files import WavRecorder
 from runtime.audio_sink import RingBuffer
+from runtime.live_recording import LiveRecording
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class DegradeCounts:
 
 class Playout:
     def __init__(self, ring: RingBuffer, rate: int, target: float, low_water: float = 0.15,
-                 recorder: WavRecorder | None = None, crossfade: float = 0.05, repeat_seconds: float = 1.0,
+                 recorder: LiveRecording | None = None, crossfade: float = 0.05, repeat_seconds: float = 1.0,
                  stall_seconds: float = 10.0, tick: float = 0.01, clock=time.monotonic) -> None:
         self.ring, self.rate, self.recorder = ring, rate, recorder
         self.target, self.low_water, self.tick = target, low_water, tick
@@ -211,11 +210,7 @@ class Playout:
             if done < len(audio):
                 time.sleep(self.tick)  # ring full: the sink drains in real time
         if self.recorder is not None and len(audio):
-            try:
-                self.recorder.write(audio)
-            except Img2MusicError as exc:  # disk full: the recording stops, the music does not
-                log.error("recording stopped after %.1f s: %s", self.recorder.samples / self.rate, exc)
-                self.recorder = None
+            self.recorder.write(audio)  # a full disk pauses the recording, never the music
 
     def _maybe_degrade(self) -> None:
         if self._finished or self.fresh_out == 0:

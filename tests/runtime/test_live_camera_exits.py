@@ -5,65 +5,17 @@ music going on while the server is down and back."""
 import io
 import json
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
+from benchmarks.fault_servers import MJPEGServer
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class MJPEGServer:
-    """``http://127.0.0.1:PORT/stream.mjpg``: multipart JPEG frames at ``fps``; stop() and
-    start() again on the same port (a camera that goes down and comes back)."""
-
-    def __init__(self, jpegs: list[bytes], fps: float = 10.0) -> None:
-        self.jpegs, self.period = jpegs, 1.0 / fps
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
-        self.httpd = None
-
-    def start(self) -> "MJPEGServer":
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                i = 0
-                try:
-                    while server.httpd is not None and server.httpd is self.server:
-                        jpg = server.jpegs[i % len(server.jpegs)]
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                         % len(jpg) + jpg + b"\r\n")
-                        i += 1
-                        time.sleep(server.period)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self.httpd = self.httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
 
 
 @pytest.fixture

@@ -45,28 +45,57 @@ class FullDisk:
         return getattr(self._file, name)
 
 
-def test_full_disk_stops_the_recording_not_the_music(tiny_bundle, tmp_path, caplog):
+def test_full_disk_pauses_the_recording_not_the_music(tiny_bundle, tmp_path, caplog):
+    """The disk fills after 2 s of recording and has room again a moment later: one error,
+    the first file valid up to the last flush, the music to --duration, the recording
+    resumed in rec.1.wav, and every second of music either recorded or counted as lost."""
     wav = tmp_path / "rec.wav"
     held = {}
 
     def hook(engine):
         held["e"] = engine
-        recorder = engine.playout.recorder
-        recorder.file = FullDisk(recorder.file, room=2 * 32000)  # room for 2 s
+        recording = engine.playout.recorder
+        recording.retry_every = 0.5  # seconds; 30 by default
+        recording.current.file = FullDisk(recording.current.file, room=2 * 32000)  # room for 2 s
 
-    caplog.set_level("ERROR")
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(6.0), record=str(wav), threads=2,
+    caplog.set_level("WARNING")
+    summary = run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(8.0), record=str(wav), threads=2,
                        engine_hook=hook)
     engine = held["e"]
-    assert engine.music_samples == 6 * 32000  # the music went on to --duration
+    recording = engine.playout.recorder
+    assert engine.music_samples == 8 * 32000  # the music went on to --duration
     assert engine.playout.ring.underflows == 0 and engine.playout.counts.silences == 0
-    assert "recording stopped: cannot write" in summary and "no space left on the device" in summary, summary
-    errors = [r.message for r in caplog.records if "recording stopped" in r.message]
-    assert len(errors) == 1, errors  # one clear error, not one per block
+    errors = [r.message for r in caplog.records if "recording paused" in r.message]
+    assert len(errors) == 1 and "no space left on the device" in errors[0], errors  # one error, not one per block
+    assert [r.message for r in caplog.records if "recording resumed in" in r.message and "rec.1.wav" in r.message]
     with wave.open(str(wav)) as w:  # a strict reader: every sample written before the disk filled
-        frames = w.getnframes()
-        assert len(w.readframes(frames)) == 2 * frames
-    assert 1.0 * 32000 <= frames <= 2 * 32000
+        first = w.getnframes()
+        assert len(w.readframes(first)) == 2 * first
+    assert 1.0 * 32000 <= first <= 2 * 32000
+    with wave.open(str(tmp_path / "rec.1.wav")) as w:
+        second = w.getnframes()
+    assert second > 0 and [s.path for s in recording.segments] == [str(wav), str(tmp_path / "rec.1.wav")]
+    assert first + second + recording.lost_samples == 8 * 32000  # recorded or counted, nothing unaccounted
+    assert "s not recorded (1 pauses: cannot write" in summary and "+1 more: " in summary, summary
+
+
+def test_recording_never_overwrites_and_rotates_by_size(tmp_path, caplog):
+    from runtime.live_recording import LiveRecording
+
+    (tmp_path / "room.wav").write_bytes(b"an earlier run's recording")
+    caplog.set_level("WARNING")
+    recording = LiveRecording(str(tmp_path / "room.wav"), 1000, max_bytes=44 + 2 * 2500)  # 2.5 s a file
+    assert "nothing is overwritten" in caplog.text
+    for _ in range(6):
+        recording.write(np.full(1000, 0.25, dtype=np.float32))
+    recording.close()
+    assert (tmp_path / "room.wav").read_bytes() == b"an earlier run's recording"
+    lengths = []
+    for segment in recording.segments:
+        with wave.open(segment.path) as w:
+            lengths.append(w.getnframes())
+    assert [Path(s.path).name for s in recording.segments] == ["room.1.wav", "room.2.wav", "room.3.wav"]
+    assert lengths == [2000, 2000, 2000] and recording.samples == 6000 and recording.lost_samples == 0
 
 
 def test_full_disk_under_the_metrics_keeps_the_music(tiny_bundle, tmp_path, caplog):
