@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from basics.checkpoint_limits import check, clip_problems, musicgen_problems
 from basics.clip_image_config import ClipImageConfig
 from basics.errors import Img2MusicError
 from basics.model_config import AudioConfig, DecoderConfig, SamplingDefaults
@@ -176,6 +177,8 @@ def load_pretrained(musicgen: str = DEFAULT_MUSICGEN, clip: str = DEFAULT_CLIP) 
     clip_tok = from_pretrained("CLIP tokenizer", clip, AutoTokenizer.from_pretrained)
     proc = from_pretrained("CLIP preprocessor", clip, CLIPImageProcessorPil.from_pretrained)
     image_config = ClipImageConfig.from_preprocessor_config(proc.to_dict())
+    check(musicgen_problems(mg.config), f"MusicGen checkpoint {musicgen!r}")
+    check(clip_problems(cm.config, (image_config.crop_height, image_config.crop_width)), f"CLIP checkpoint {clip!r}")
     return LoadedModels(mg.eval(), cm.eval(), t5_tok, clip_tok, image_config, {"musicgen": musicgen, "clip": clip})
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from basics.checkpoint_limits import check, decoder_problems
 from basics.graph_specs import LM_HEADS_NODE, decoder_step_spec
 from export.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder, layer_norm, linear_weight, skip_layer_norm
 
@@ -46,10 +47,7 @@ def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
     heads = cfg.num_attention_heads
     head_dim = hidden // heads
     layers = cfg.num_hidden_layers
-    if head_dim % 8:
-        raise ValueError(f"GroupQueryAttention needs a head size divisible by 8, got {head_dim}")
-    if cfg.audio_channels != 1:
-        raise ValueError("stereo MusicGen checkpoints are not supported yet")
+    check(decoder_problems(cfg), "this MusicGen decoder")  # load_pretrained checked already; presets here
     spec = decoder_step_spec(k_books, vocab, layers, heads, head_dim)
     g = GraphBuilder("decoder_step")
     for t in spec.inputs:

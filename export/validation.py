@@ -125,6 +125,7 @@ def validate_decoder_step(decoder_session, models, steps: int = 6, batch: int = 
 
     mg = models.musicgen
     k = models.num_codebooks
+    vocab = models.decoder_config().vocab_size  # code ids 0..vocab-1, the pad id (vocab) included below
     cond, mask = validation_conditioning(models, batch, cond_len, seed)
     decoder_session.set_conditioning(cond, mask)
     rng = np.random.default_rng(seed + 1)
@@ -136,7 +137,7 @@ def validate_decoder_step(decoder_session, models, steps: int = 6, batch: int = 
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         checks = []
         for pos in range(steps):
-            ids = rng.integers(0, 2049, (2 * batch, k)).astype(np.int64)  # pad id 2048 included
+            ids = rng.integers(0, vocab + 1, (2 * batch, k)).astype(np.int64)
             out = mg.decoder(
                 input_ids=torch.from_numpy(ids).reshape(-1, 1), encoder_hidden_states=states,
                 encoder_attention_mask=torch.from_numpy(mask), past_key_values=cache, use_cache=True,
@@ -150,8 +151,8 @@ def validate_decoder_step(decoder_session, models, steps: int = 6, batch: int = 
     ref_key = cache.self_attention_cache.layers[0].keys.numpy()
     checks += compare("decoder_step", [f"present_key.0[:{steps}]"], [layer0_key], [ref_key])
     # Prefill: S tokens into an empty cache in one run, then one more step.
-    window = rng.integers(0, 2049, (2 * batch, k, steps + 3)).astype(np.int64)
-    nxt = rng.integers(0, 2048, (2 * batch, k)).astype(np.int64)
+    window = rng.integers(0, vocab + 1, (2 * batch, k, steps + 3)).astype(np.int64)
+    nxt = rng.integers(0, vocab, (2 * batch, k)).astype(np.int64)
     with torch.no_grad():
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         out = mg.decoder(input_ids=torch.from_numpy(window).reshape(-1, window.shape[2]), encoder_hidden_states=states,
@@ -179,7 +180,7 @@ def validate_encodec_stream(front_session, back_session, models, batch: int = 2,
     codec = models.musicgen.audio_encoder
     layers, channels = lstm_shape(codec)
     rng = np.random.default_rng(seed)
-    codes = rng.integers(0, 2048, (batch, models.num_codebooks, frames)).astype(np.int64)
+    codes = rng.integers(0, models.decoder_config().vocab_size, (batch, models.num_codebooks, frames)).astype(np.int64)
     h = rng.standard_normal((layers, batch, channels)).astype(np.float32) * 0.1
     c = rng.standard_normal((layers, batch, channels)).astype(np.float32) * 0.1
     with torch.no_grad():

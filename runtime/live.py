@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--metrics", default=None, metavar="JSONL", help="append one JSON line of metrics per second")
     out.add_argument("--metrics-max-mb", type=positive(float), default=20.0,
                      help="rotate --metrics at this size (FILE.1 .. FILE.3 keep the older lines)")
+    out.add_argument("--http", type=_address, default=None, metavar="[HOST:]PORT",
+                     help="serve Prometheus /metrics, /healthz and /readyz (read-only) on this address; a bare "
+                          "port binds 127.0.0.1 (default: off); POST /control changes sampling and scenes")
+    out.add_argument("--osc", type=_address, default=None, metavar="[HOST:]PORT",
+                     help="take the same control over OSC/UDP (/img2music/guidance 3.5, /img2music/scene, ...); "
+                          "no authentication: a bare port binds 127.0.0.1 (default: off)")
+    out.add_argument("--http-token-file", default=None, metavar="PATH",
+                     help="file holding the token POST /control must carry (Authorization: Bearer TOKEN); "
+                          "required for control on a non-loopback --http address (default: none)")
     g = p.add_argument_group("sampling")
     add_sampling_arguments(g, seed_help="sampling seed (also the synthetic scenes' seed)")
     lv = p.add_argument_group("live behaviour")
@@ -116,6 +125,25 @@ def _check_record_path(path: str) -> None:
         raise Img2MusicError(f"--record: directory is not writable: {parent}")
 
 
+def _address(text: str) -> tuple[str, int]:
+    from runtime.live_http import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _read_token(path: str) -> str:
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Img2MusicError(f"--http-token-file: cannot read {path}: {exc}") from None
+    if len(token) < 16:
+        raise Img2MusicError(f"--http-token-file: the token in {path} is shorter than 16 characters")
+    return token
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (systemd stop) ends the run like Ctrl-C
 
@@ -136,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from runtime.preprocess import load_image
 
         fallback = np.asarray(load_image(args.fallback_image))  # (H, W, 3) RGB; a bad file fails here, before loading
+    token = _read_token(args.http_token_file) if args.http_token_file else None
     if not Path(args.engines).is_dir():
         raise Img2MusicError(f"engine bundle not found: {args.engines}")
     config = LiveConfig(
@@ -152,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     summary = run_live(args.engines, source, config, no_audio=args.no_audio, device=device, rate=args.rate,
                        record=args.record, record_max_mb=args.record_max_mb, metrics=args.metrics,
-                       metrics_max_mb=args.metrics_max_mb,
+                       metrics_max_mb=args.metrics_max_mb, http=args.http, http_token=token, osc=args.osc,
                        threads=args.threads, provider=args.provider, cuda_graph=args.cuda_graph)
     print(summary)
     return 0
@@ -160,13 +189,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=None, rate: int | None = None,
              record: str | None = None, record_max_mb: float = 1024.0, metrics: str | None = None,
-             metrics_max_mb: float = 20.0, threads: int | None = None,
+             metrics_max_mb: float = 20.0, http: tuple[str, int] | None = None, http_token: str | None = None,
+             osc: tuple[str, int] | None = None, threads: int | None = None,
              provider: str = "cpu", cuda_graph: bool = True,
              engine_hook=None) -> str:
     """One live session; returns the summary line. ``engine_hook(engine)`` runs before the
     start (tests use it to slow the generator or stop it from another thread)."""
     from runtime.audio_sink import ClockSink, RingBuffer, SoundDeviceSink, device_rate
+    from runtime.live_control import LiveControl
     from runtime.live_engine import LiveEngine
+    from runtime.live_http import LiveHttpServer
+    from runtime.live_osc import LiveOscServer
     from runtime.live_recording import LiveRecording
     from runtime.live_status import StatusReporter
     from runtime.onnx_pipeline import OnnxPipeline
@@ -177,8 +210,8 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     # One compute thread runs the models one at a time (runtime.live_engine), so ORT's
     # workers may busy-wait between runs as in batch generation. Measured on 2 cores,
     # small-random int4 (bench_live.py rtf): live chunks cost 1.20x batch per second of
-    # music with spinning off, 1.00-1.02x with it on. Before the single compute thread,
-    # CLIP ran beside the decoder and spinning made that worse (generator RTF 1.14 on, 0.93 off).
+    # music with spinning off, 1.00-1.02x with it on. With plenty of headroom the engine
+    # turns it off again after measuring (live_budget.SPIN_BELOW): idle spinning burns cores.
     pipeline = OnnxPipeline.load(engines, threads=threads, spinning=True, provider=provider, cuda_graph=cuda_graph)
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))
     ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)))  # room for the re-prime boost
@@ -191,6 +224,15 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     sink = ClockSink(ring, out_rate) if no_audio else SoundDeviceSink(ring, out_rate, device)
     notifier = SystemdNotifier()  # a no-op unless systemd started us with Type=notify
     reporter = StatusReporter(engine, sink, metrics, metrics_max_bytes=int(metrics_max_mb * 2**20), notifier=notifier)
+    server = osc_server = None
+    if http or osc:
+        engine.control = LiveControl(engine)
+    if http:
+        server = LiveHttpServer(reporter, *http, provider=provider, control=engine.control,
+                                token=http_token)  # a taken port fails here, before the music
+        engine.observe_step = server.step_latency.observe
+    if osc:
+        osc_server = LiveOscServer(engine.control, *osc)
     previous = None
     if _main_thread():
         # SIGTERM (systemd stop) ends the run like Ctrl-C; SIGINT is installed explicitly
@@ -203,6 +245,10 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
         playout.start()
         sink.start()
         reporter.start()
+        if server is not None:
+            server.start()
+        if osc_server is not None:
+            osc_server.start()
         watch.watch("playout", playout.thread, lambda: playout.beat)
         watch.watch("sound output", sink.thread)
         watch.watch("status", reporter.thread)
@@ -219,6 +265,10 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
         except Exception as exc:  # the playout's own fault: the error that ended the run goes on
             logging.getLogger(__name__).error("the last audio could not be flushed: %s", exc)
         sink.close()
+        if server is not None:
+            server.close()
+        if osc_server is not None:
+            osc_server.close()
         last = reporter.close()
         notifier.close()
         if recorder is not None:

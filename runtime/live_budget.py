@@ -31,12 +31,16 @@ log = logging.getLogger(__name__)
 
 HEADROOM = 0.85
 """Largest projected real-time factor a chosen window may have."""
-MIN_WINDOW_FRAMES = 250
-"""Shortest window considered (5 s): shorter ones re-prime too often to sound continuous."""
-MIN_KEEP_FRAMES = 50
-"""Shortest prompt considered (1 s)."""
-STEP_FRAMES = 50
-"""Window and prompt lengths are tried in whole seconds."""
+MIN_WINDOW_SECONDS = 5
+"""Shortest window considered: shorter ones re-prime too often to sound continuous (a
+checkpoint with fewer positions gets its whole context instead)."""
+LONGEST_WINDOW_SECONDS = 30
+"""MusicGen's trained length."""
+KEEP_SECONDS = (1, 5)
+"""Shortest and longest prompt carried into the next window."""
+SPIN_BELOW = 0.6
+"""Projected RTF under which ORT's workers stop spinning: spinning saves up to 20 % of a
+chunk's compute (bench_live.py rtf), and 0.6 * 1.2 is still under the 0.85 headroom."""
 DRIFT = 1.25
 """Measured/projected cost that has moved this far from the last choice's makes a new choice."""
 
@@ -68,19 +72,29 @@ def projected_rtf(costs: Costs, window: Windowing, num_codebooks: int, frame_rat
     return (step_ms + costs.prefill_per_frame_ms * p) / 1000 / music_s + costs.encodec_per_second_ms / 1000
 
 
-def keep_for(window_frames: int) -> int:
-    """The prompt for a window: a sixth of it (5 s of 30 s), at least 1 s, at most 5 s; so a
-    shorter window keeps proportionally less rather than becoming mostly prompt."""
-    return max(MIN_KEEP_FRAMES, min(250, window_frames // 6))
+def keep_for(window_frames: int, frame_rate: int) -> int:
+    """The prompt for a window: a sixth of it (5 s of 30 s), at least 1 s, at most 5 s, and
+    never more than half the window; so a shorter window keeps proportionally less rather
+    than becoming mostly prompt."""
+    low, high = KEEP_SECONDS[0] * frame_rate, KEEP_SECONDS[1] * frame_rate
+    return max(1, min(max(low, min(high, window_frames // 6)), window_frames // 2))
+
+
+def window_candidates(frame_rate: int, max_frames: int) -> list[int]:
+    """Window lengths to try, longest first: whole seconds from 30 down to 5, capped by the
+    decoder's positions (``max_frames``, from the checkpoint's config)."""
+    longest = min(LONGEST_WINDOW_SECONDS * frame_rate, max_frames)
+    shortest = min(MIN_WINDOW_SECONDS * frame_rate, longest)
+    return sorted({longest, *range(shortest, longest, frame_rate)}, reverse=True)
 
 
 def choose_window(costs: Costs, num_codebooks: int, frame_rate: int, max_frames: int,
-                  headroom: float = HEADROOM, longest: int = 1500) -> tuple[Windowing, float]:
-    """The longest window (in whole seconds, its prompt from :func:`keep_for`) projected at
-    or under ``headroom``; when none is, the cheapest one there is. Returns (window, RTF)."""
+                  headroom: float = HEADROOM) -> tuple[Windowing, float]:
+    """The longest window (its prompt from :func:`keep_for`) projected at or under
+    ``headroom``; when none is, the cheapest one there is. Returns (window, RTF)."""
     best = None
-    for w in range(min(longest, max_frames), MIN_WINDOW_FRAMES - 1, -STEP_FRAMES):
-        window = Windowing(w, keep_for(w))
+    for w in window_candidates(frame_rate, max_frames):
+        window = Windowing(w, keep_for(w, frame_rate))
         rtf = projected_rtf(costs, window, num_codebooks, frame_rate)
         if rtf <= headroom:
             return window, rtf
@@ -96,8 +110,8 @@ def measure_costs(pipeline, conditioning, mask, sampling, positions: tuple[int, 
     d = pipeline.bundle.model.decoder
     gen.start(conditioning, mask, sampling, window=Windowing(d.max_frames, d.max_frames // 2))
     per_position = {}
-    for pos in positions:
-        gen.seek(min(pos, d.max_frames - steps - 4))
+    for pos in sorted({min(p, d.max_frames - steps - 4) for p in positions}):  # a short decoder: its own limit
+        gen.seek(pos)
         gen.step(sampling)  # warm-up: this length's first run
         times = []
         for _ in range(steps):
@@ -105,13 +119,14 @@ def measure_costs(pipeline, conditioning, mask, sampling, positions: tuple[int, 
             gen.step(sampling)
             times.append(time.perf_counter() - start)
         per_position[pos] = statistics.median(times) * 1000
-    (p0, t0), (p1, t1) = per_position.items()
-    slope = max(0.0, (t1 - t0) / (p1 - p0))
-    tokens = np.full((gen.batch * (2 if gen.guidance else 1), d.num_codebooks, 100), d.pad_token_id, np.int64)
+    (p0, t0), (p1, t1) = min(per_position.items()), max(per_position.items())
+    slope = max(0.0, (t1 - t0) / (p1 - p0)) if p1 > p0 else 0.0
+    frames = min(100, d.max_frames // 2)
+    tokens = np.full((gen.batch * (2 if gen.guidance else 1), d.num_codebooks, frames), d.pad_token_id, np.int64)
     gen.decoder.prefill(tokens)  # warm-up
     start = time.perf_counter()
     gen.decoder.prefill(tokens)
-    prefill = (time.perf_counter() - start) * 1000 / 100
+    prefill = (time.perf_counter() - start) * 1000 / frames
     codes = np.random.default_rng(0).integers(0, d.vocab_size, (1, d.num_codebooks, 60))
     stream = pipeline.stream_decoder(1)
     stream.push(codes[:, :, :10])  # warm-up
@@ -169,3 +184,29 @@ class ContextBudget:
         self._samples.clear()
         self._since_change = now
         return window
+
+
+def start_window(pipeline, conditioning, mask, sampling, configured: Windowing | None = None
+                 ) -> tuple[Windowing, float, Costs, "ContextBudget | None"]:
+    """At start-up: measure this machine's costs; the budget's window (or the configured one)
+    and its projected RTF; and with plenty of headroom (under :data:`SPIN_BELOW`) the
+    sessions re-created with ORT's threads sleeping between runs. Returns (window, projected
+    RTF, costs, budget or None when configured)."""
+    d = pipeline.bundle.model.decoder
+
+    def measure():
+        costs = measure_costs(pipeline, conditioning, mask, sampling)
+        if configured is not None:
+            return configured, projected_rtf(costs, configured, d.num_codebooks, pipeline.frame_rate), costs, None
+        budget = ContextBudget(costs, d.num_codebooks, pipeline.frame_rate, d.max_frames)
+        return budget.window, budget.projected, costs, budget
+
+    chosen = measure()
+    if chosen[1] < SPIN_BELOW and pipeline.options.spinning:
+        # Plenty of headroom: ORT's workers busy-waiting between runs would burn cores for
+        # nothing (tiny bundle, 2 cores: 0.61 cores used with spinning, 0.18 without), and an
+        # installation runs for weeks. Sessions re-created without it, costs measured again.
+        pipeline.set_spinning(False)
+        chosen = measure()
+        log.info("projected RTF under %.1f: onnxruntime's threads sleep between runs", SPIN_BELOW)
+    return chosen

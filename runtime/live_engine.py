@@ -42,7 +42,7 @@ import numpy as np
 from basics.errors import Img2MusicError
 from runtime.audio_sink import Resampler
 from runtime.generation import Windowing
-from runtime.live_budget import ContextBudget, measure_costs
+from runtime.live_budget import HEADROOM, ContextBudget, start_window
 from runtime.live_sources import FrameSource, default_fallback_image
 from runtime.onnx_pipeline import Conditioning
 from runtime.playout import Playout
@@ -160,6 +160,11 @@ class LiveEngine:
         self.music_samples = 0  # fresh samples submitted at the model rate
         self.embed_errors = 0
         self.fallback_used = False
+        self.control = None
+        """runtime.live_control.LiveControl whose requests are applied between actions, or None."""
+        self.observe_step = None
+        """Called with each decoder pass's seconds (sampling included), or None."""
+        self._last_step = 0.0
         self.watch = None
         """runtime.thread_watch.ThreadWatch of the edge threads, checked between actions (None: unchecked)."""
         self.rtf = 0.0
@@ -189,16 +194,28 @@ class LiveEngine:
             log.warning("embedding a frame failed: %s", exc)
         self.compute["look"] += time.perf_counter() - start
 
-    def _embed(self, frame: np.ndarray, frame_time: float) -> None:
+    def _embed(self, frame: np.ndarray, frame_time: float, force: bool = False) -> None:
         pixels = preprocess_images([frame], self.pipeline.image_config)
         embedding = self.pipeline.embed_images(pixels)[0]  # (D_clip,)
-        scene = self.tracker.update(embedding, frame_time)
+        scene = self.tracker.force(embedding, frame_time) if force else self.tracker.update(embedding, frame_time)
         if scene is None:
             return
         cond, mask, directives = self.pipeline.project(scene[None])
         self._pending = Scene(cond, mask, directives[0] if directives else None, self.tracker.change_started)
         log.info("scene change %d (distance %.3f)%s", self.tracker.changes, self.tracker.last_distance,
                  f": {directives[0]}" if directives else "")
+
+    def force_scene(self) -> None:
+        """The newest frame becomes the scene now (``POST /control {"scene": "now"}``)."""
+        frame, _, age = self.source.latest()
+        if frame is not None:
+            self._embed(frame, time.monotonic() - age, force=True)
+
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        """New sampling settings from the next chunk on (guidance on/off stays as started)."""
+        self.config.sampling = sampling
+        if self.stream is not None:
+            self.stream.sampling = sampling
 
     def _take_scene(self) -> Scene | None:
         scene, self._pending = self._pending, None
@@ -229,24 +246,21 @@ class LiveEngine:
 
     # -- music --------------------------------------------------------------------
     def _choose_window(self, first: Scene) -> Windowing:
-        """The configured window, or the context budget's choice from this machine's step costs."""
+        """The context budget's choice from this machine's step costs, or the configured window."""
         c, p = self.config, self.pipeline
-        max_frames = p.bundle.model.decoder.max_frames
+        configured = None
         if c.window_seconds is not None or c.keep_seconds is not None:
-            window = Windowing.from_seconds(30.0 if c.window_seconds is None else c.window_seconds,
-                                            5.0 if c.keep_seconds is None else c.keep_seconds, p.frame_rate, max_frames)
-            self.report(f"window {window.window_frames / p.frame_rate:.0f} s, keep {window.keep_frames / p.frame_rate:.0f} s"
-                        " (as configured)")
-            return window
+            configured = Windowing.from_seconds(30.0 if c.window_seconds is None else c.window_seconds,
+                                                5.0 if c.keep_seconds is None else c.keep_seconds, p.frame_rate,
+                                                p.bundle.model.decoder.max_frames)
         start = time.perf_counter()
-        costs = measure_costs(p, first.conditioning, first.mask, c.sampling)
-        self.budget = ContextBudget(costs, p.num_codebooks, p.frame_rate, max_frames)
-        window, rtf = self.budget.window, self.budget.projected
+        window, rtf, costs, self.budget = start_window(p, first.conditioning, first.mask, c.sampling, configured)
         self.report(f"context budget ({time.perf_counter() - start:.1f} s to measure: step {costs.step_base_ms:.1f} ms "
                     f"+ {costs.step_per_position_ms * 1000:.2f} ms per 1000 positions, EnCodec "
                     f"{costs.encodec_per_second_ms:.0f} ms/s): window {window.window_frames / p.frame_rate:.0f} s, "
-                    f"keep {window.keep_frames / p.frame_rate:.0f} s, projected RTF {rtf:.2f}"
-                    + ("" if rtf <= self.budget.headroom else " — above the headroom: this machine is too slow for "
+                    f"keep {window.keep_frames / p.frame_rate:.0f} s{' (as configured)' if configured else ''}, "
+                    f"projected RTF {rtf:.2f}"
+                    + ("" if rtf <= HEADROOM else " — above the headroom: this machine is too slow for "
                        "this bundle, expect repeats"))
         return window
 
@@ -301,13 +315,15 @@ class LiveEngine:
             self.window = self._choose_window(first)
             self.stream = self.pipeline.stream(conditioning=Conditioning(first.conditioning, first.mask),
                                                sampling=c.sampling, chunk_frames=c.chunk_frames, window=self.window)
-            self.stream.on_step = self.playout.progress  # slow is not stalled: no silence while steps come
+            self.stream.on_step = self._on_step
             total = None if c.duration is None else int(round(c.duration * self.pipeline.sample_rate))
             while not self.stop_event.is_set():
                 if total is not None and self.music_samples >= total:
                     break
                 if self.watch is not None:
                     self.watch.check()  # a dead or hung thread ends the run, non-zero
+                if self.control is not None:
+                    self.control.apply_pending()
                 now = time.monotonic()
                 action, wait = next_action(now, self.playout.buffered(), self._target(), self._next_look)
                 if action == "look":
@@ -328,8 +344,17 @@ class LiveEngine:
             self.stop_event.set()
             self.source.stop()
 
+    def _on_step(self) -> None:
+        """After every decoder pass: the playout's heartbeat (slow is not stalled: no silence
+        while steps come) and the step's latency to :attr:`observe_step` (``--http``)."""
+        now = time.perf_counter()
+        if self.observe_step is not None:
+            self.observe_step(now - self._last_step)
+        self._last_step = now
+        self.playout.progress()
+
     def _generate(self, frames: int, total: int | None) -> None:
-        start = time.perf_counter()
+        start = self._last_step = time.perf_counter()
         audio = self.stream.next_chunk(frames).audio[0]
         self.frames_done += frames
         self._submit(audio, total)

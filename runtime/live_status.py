@@ -126,6 +126,10 @@ class StatusReporter:
         if engine is not None:
             self.build.update(bundle=str(engine.pipeline.bundle.root), precision=engine.pipeline.bundle.precision)
         self.started = time.monotonic()
+        self.first_audio_at: float | None = None
+        """When audio first reached the sink (monotonic), None before."""
+        self.last_flowing_at = self.started
+        """When music last reached the sink (monotonic)."""
         self.last: dict | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
@@ -147,9 +151,11 @@ class StatusReporter:
 
     def report(self) -> dict:
         s = snapshot(self.engine, self.sink, self.started)
+        flowing = self._audio_flowing()
+        s["first_audio_s"] = None if self.first_audio_at is None else round(self.first_audio_at - self.started, 2)
         self.last = s
         if self.notifier is not None:
-            self._notify(s)
+            self._notify(s, flowing)
         if self.metrics is not None:
             try:
                 self.metrics.write(json.dumps({**s, **self.build}) + "\n")
@@ -182,14 +188,27 @@ class StatusReporter:
         self._close_metrics()
         return s
 
-    def _notify(self, s: dict) -> None:
-        """READY once audio has reached the sink; WATCHDOG only while it keeps reaching it and
-        it is music (not the stall's silence): a process that is up but silent stops petting
-        the watchdog, and systemd restarts it."""
+    def _audio_flowing(self) -> bool:
+        """Has music (not the stall's silence) reached the sink since the last report? Sets
+        :attr:`first_audio_at` and :attr:`last_flowing_at`: the one notion of health that
+        the systemd watchdog and ``/healthz`` share."""
+        if self.engine is None:
+            return False  # a reporter without a run (tests of the status line alone)
         consumed = self.engine.playout.ring.consumed
         flowing = consumed > self._consumed and self.engine.playout.level < 3
         self._consumed = consumed
-        if consumed > 0:
+        now = time.monotonic()
+        if consumed > 0 and self.first_audio_at is None:
+            self.first_audio_at = now
+        if flowing:
+            self.last_flowing_at = now
+        return flowing
+
+    def _notify(self, s: dict, flowing: bool) -> None:
+        """READY once audio has reached the sink; WATCHDOG only while it keeps reaching it and
+        it is music: a process that is up but silent stops petting the watchdog, and systemd
+        restarts it."""
+        if self.first_audio_at is not None:
             self.notifier.ready()
         if flowing:
             self.notifier.watchdog()

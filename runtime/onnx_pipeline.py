@@ -17,7 +17,7 @@ Usage::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -52,14 +52,27 @@ class OnnxPipeline:
     One decoder cache per pipeline: starting a stream ends the previous one."""
 
     def __init__(self, bundle: Bundle, options: SessionOptions = SessionOptions()) -> None:
-        self.bundle = bundle
-        sessions = open_sessions(bundle, options)
-        self.sessions = sessions.graphs
-        self.decoder = sessions.decoder
-        self.generator = CodeGenerator(self.decoder)
+        self.bundle, self.options = bundle, options
+        self._open()
         model = bundle.model
         self.image_config = model.clip.image
         self.directives = model.conditioning.directives
+
+    def _open(self) -> None:
+        sessions = open_sessions(self.bundle, self.options)
+        self.sessions = sessions.graphs
+        self.decoder = sessions.decoder
+        if getattr(self, "generator", None) is None:
+            self.generator = CodeGenerator(self.decoder)
+        else:  # the same generator (what wraps or watches it stays), its next piece on the new sessions
+            self.generator.decoder = self.decoder
+
+    def set_spinning(self, spinning: bool) -> None:
+        """Re-create the sessions with ORT's worker threads busy-waiting between runs or not
+        (call it between pieces: the generator's next ``start`` uses the new sessions)."""
+        if spinning != self.options.spinning:
+            self.options = replace(self.options, spinning=spinning)
+            self._open()
 
     @classmethod
     def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,

@@ -90,6 +90,14 @@ class SceneTracker:
         self.changes += 1
         return self.current
 
+    def force(self, embedding: np.ndarray, now: float) -> np.ndarray:
+        """Make ``embedding`` the scene now, whatever the thresholds say (a cue from outside)."""
+        self.current = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        self.candidates.clear()
+        self.change_started = self.last_change = now
+        self.changes += 1
+        return self.current
+
 
 class FrameGate:
     """Decides whether a frame is worth a CLIP run (see the module docstring)."""

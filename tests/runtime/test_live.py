@@ -150,6 +150,8 @@ def test_slowed_generator_plays_on_and_recovers(tiny_bundle, tmp_path):
                        engine_hook=_slowed(engines, 3.0, 4.5))
     playout = engines["e"].playout
     c = playout.counts
+    # the start-up budget saw tiny's light cost (before the slow-down): ORT's threads stopped spinning
+    assert engines["e"].budget.projected < 0.6 and engines["e"].pipeline.options.spinning is False
     assert c.cheaper >= 1 and c.repeats >= 1, summary
     assert c.silences == 0 and c.silence_seconds == 0, summary  # the music never stopped
     assert c.recoveries >= 1 and playout.level == 0

@@ -30,14 +30,24 @@ def test_projection_and_choice():
     assert projected_rtf(INT4, short, 4, 50) < projected_rtf(INT4, full, 4, 50)
     window, rtf = choose_window(INT4, 4, 50, 2044)
     assert rtf <= HEADROOM and window.window_frames <= 1500
-    assert window.keep_frames == keep_for(window.window_frames)
+    assert window.keep_frames == keep_for(window.window_frames, 50)
     # every longer window projects over the headroom
-    assert all(projected_rtf(INT4, Windowing(w, keep_for(w)), 4, 50) > HEADROOM
+    assert all(projected_rtf(INT4, Windowing(w, keep_for(w, 50)), 4, 50) > HEADROOM
                for w in range(window.window_frames + 50, 1501, 50))
     fast = INT4.scaled(0.3)
     assert choose_window(fast, 4, 50, 2044)[0] == Windowing(1500, 250)  # a fast machine gets MusicGen's 30 s
     slow_window, slow_rtf = choose_window(INT4.scaled(3.0), 4, 50, 2044)
     assert slow_rtf > HEADROOM and slow_window.window_frames < window.window_frames  # the cheapest there is
+
+
+def test_windows_come_from_the_checkpoints_own_limits():
+    fast = INT4.scaled(0.3)
+    # a decoder with 100 positions (96 frames after the delay pattern): its whole context, half of it prompt
+    assert choose_window(fast, 4, 50, 96)[0] == Windowing(96, 48)
+    assert choose_window(INT4.scaled(3.0), 4, 50, 96)[0] == Windowing(96, 48)  # nothing shorter to fall back to
+    # 100 frames per second: windows and prompts in seconds, not in 50 Hz frames
+    assert choose_window(fast, 4, 100, 4000)[0] == Windowing(3000, 500)
+    assert choose_window(fast, 4, 100, 2044)[0] == Windowing(2044, 340)
 
 
 def test_budget_shortens_the_window_when_the_machine_slows_down_and_lengthens_it_after():

@@ -1,0 +1,112 @@
+"""Changing a live run while it plays (``live.py --http``: ``POST /control``).
+
+A request is a JSON object with any of :data:`FIELDS`; it is checked completely in the
+caller's thread (types, ranges, unknown names: one message naming the problem, and no
+change at all) and then queued; the compute thread applies it between two actions, so a
+change never races a decoder pass. Sampling changes take effect from the next chunk;
+``"scene": "now"`` makes the newest frame the scene at once (a performer's cue), with the
+usual smooth transition. Every accepted change is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections import Counter
+from dataclasses import asdict, replace
+
+log = logging.getLogger(__name__)
+
+FIELDS = {  # name -> (type, low, high) for numbers; allowed values for words
+    "guidance_scale": (float, 1.0, 20.0),
+    "temperature": (float, 0.05, 5.0),
+    "top_k": (int, 0, 1 << 20),  # and at most the bundle's vocabulary (checked in submit)
+    "top_p": (float, 0.0, 1.0),
+    "scene": ("now",),
+}
+SAMPLING_FIELDS = ("guidance_scale", "temperature", "top_k", "top_p")
+
+
+class ControlError(ValueError):
+    """A request that changes nothing; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def validate(body) -> dict:
+    """A parsed JSON body -> the changes it asks for, or :class:`ControlError`."""
+    if not isinstance(body, dict) or not body:
+        raise ControlError(f"expected a JSON object with any of: {', '.join(FIELDS)}")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise ControlError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    changes = {}
+    for name, value in body.items():
+        rule = FIELDS[name]
+        if isinstance(rule[0], str):
+            if value not in rule:
+                raise ControlError(f"{name} must be one of {', '.join(map(repr, rule))}, got {value!r}")
+        else:
+            kind, low, high = rule
+            # JSON true/false are ints to Python; 3.0 is a fine top_k, 3.5 is not
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    kind is int and float(value) != int(value)) or not math.isfinite(value):
+                raise ControlError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+            if not low <= value <= high:
+                raise ControlError(f"{name} must be in [{low}, {high}], got {value}")
+            value = kind(value)
+        changes[name] = value
+    return changes
+
+
+class LiveControl:
+    """The queue between requests (any thread) and the compute thread (:meth:`apply_pending`)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.changes: Counter = Counter()
+        """Accepted changes per field (metrics)."""
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+
+    def submit(self, body, source: str = "http") -> dict:
+        """Check and queue; returns what was accepted. Raises :class:`ControlError`."""
+        changes = validate(body)
+        sampling = self.engine.config.sampling
+        if changes.get("guidance_scale", 1.0) > 1.0 and not sampling.uses_guidance:
+            raise ControlError("guidance was off when the run started (--guidance-scale <= 1): the scale "
+                               "cannot be raised while running", status=409)
+        vocab = self.engine.pipeline.bundle.model.decoder.vocab_size
+        if changes.get("top_k", 0) > vocab:
+            raise ControlError(f"top_k must be in [0, {vocab}] (the codebook size), got {changes['top_k']}")
+        if "scene" in changes and self.engine.source.latest()[0] is None:
+            raise ControlError("no frame yet to take a scene from", status=409)
+        with self._lock:
+            self.changes.update(changes.keys())
+        self._queue.put(changes)
+        log.info("control (%s): %s", source, ", ".join(f"{k}={v}" for k, v in changes.items()))
+        return changes
+
+    def apply_pending(self) -> None:
+        """In the compute thread, between actions: everything queued, in order."""
+        while True:
+            try:
+                changes = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            sampling = {k: v for k, v in changes.items() if k in SAMPLING_FIELDS}
+            if sampling:
+                self.engine.set_sampling(replace(self.engine.config.sampling, **sampling))
+            if changes.get("scene") == "now":
+                self.engine.force_scene()
+
+    def settings(self) -> dict:
+        """What ``GET /control`` answers: the sampling in use and the changes so far."""
+        s = asdict(self.engine.config.sampling)
+        with self._lock:
+            counts = dict(self.changes)
+        return {"sampling": {k: s[k] for k in SAMPLING_FIELDS}, "changes": counts}

@@ -1,0 +1,81 @@
+"""``live.py --osc [HOST:]PORT``: the same control as ``POST /control``, over OSC (UDP), for
+lighting desks, Max/MSP, TouchDesigner (``python-osc``'s threaded server).
+
+| address | arguments | does |
+|---|---|---|
+| ``/img2music/guidance`` | float 1-20 | guidance scale |
+| ``/img2music/temperature`` | float 0.05-5 | sampling temperature |
+| ``/img2music/top_k`` | int | top-k (0: all) |
+| ``/img2music/top_p`` | float 0-1 | nucleus mass (0: off) |
+| ``/img2music/scene`` | none | the newest frame becomes the scene now |
+
+OSC has no authentication: the server binds 127.0.0.1 unless a host is given, and anyone
+who can send it UDP packets can change the music. A message that is refused (unknown
+address, wrong argument) is logged once per address and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from basics.errors import Img2MusicError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/img2music/"
+ADDRESSES = {"guidance": "guidance_scale", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+             "scene": "scene"}
+
+
+class LiveOscServer:
+    """Messages -> ``runtime.live_control.LiveControl.submit``; a daemon thread."""
+
+    def __init__(self, control, host: str, port: int) -> None:
+        try:
+            from pythonosc.dispatcher import Dispatcher
+            from pythonosc.osc_server import ThreadingOSCUDPServer
+        except ImportError:
+            raise Img2MusicError("--osc needs python-osc: pip install 'img2music[live]'") from None
+        self.control = control
+        self.received = 0
+        self.refused = 0
+        self._warned: set[str] = set()
+        dispatcher = Dispatcher()
+        dispatcher.set_default_handler(self._handle)
+        try:
+            self.server = ThreadingOSCUDPServer((host, port), dispatcher)
+        except OSError as exc:
+            raise Img2MusicError(f"--osc: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.address = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="osc", daemon=True)
+
+    def start(self) -> "LiveOscServer":
+        self._thread.start()
+        log.warning("OSC control on udp://%s:%d (%s*)", *self.address, PREFIX)
+        return self
+
+    def _handle(self, address: str, *args) -> None:
+        from runtime.live_control import ControlError
+
+        self.received += 1
+        name = ADDRESSES.get(address[len(PREFIX):]) if address.startswith(PREFIX) else None
+        try:
+            if name is None:
+                raise ControlError(f"unknown address; known: {', '.join(PREFIX + a for a in ADDRESSES)}")
+            if name == "scene":
+                body = {"scene": "now"}
+            elif len(args) != 1:
+                raise ControlError(f"expects one number, got {len(args)} arguments")
+            else:
+                body = {name: args[0]}
+            self.control.submit(body, source="osc")
+        except ControlError as exc:
+            self.refused += 1
+            if address not in self._warned:  # a desk sending a wrong fader 30 times a second: one line
+                self._warned.add(address)
+                log.warning("OSC %s refused: %s", address, exc)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
