@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--metrics-max-mb", type=positive(float), default=20.0,
                      help="rotate --metrics at this size (FILE.1 .. FILE.3 keep the older lines)")
     out.add_argument("--http", type=_address, default=None, metavar="[HOST:]PORT",
-                     help="serve Prometheus /metrics, /healthz and /readyz (read-only) on this address; a bare "
-                          "port binds 127.0.0.1 (default: off); POST /control changes sampling and scenes")
+                     help="serve a status page (/), Prometheus /metrics, /healthz and /readyz on this address; a "
+                          "bare port binds 127.0.0.1 (default: off); POST /control changes sampling and scenes")
     out.add_argument("--osc", type=_address, default=None, metavar="[HOST:]PORT",
                      help="take the same control over OSC/UDP (/img2music/guidance 3.5, /img2music/scene, ...); "
                           "no authentication: a bare port binds 127.0.0.1 (default: off)")
@@ -228,8 +228,8 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     if http or osc:
         engine.control = LiveControl(engine)
     if http:
-        server = LiveHttpServer(reporter, *http, provider=provider, control=engine.control,
-                                token=http_token)  # a taken port fails here, before the music
+        server = LiveHttpServer(reporter, *http, provider=provider, control=engine.control, token=http_token,
+                                latest_frame=engine.source.latest)  # a taken port fails here, before the music
         engine.observe_step = server.step_latency.observe
     if osc:
         osc_server = LiveOscServer(engine.control, *osc)

@@ -8,6 +8,8 @@
   stopped: the systemd watchdog's notion of health.
 - ``/readyz``: 200 once the first audio reached the sound card, 503 before.
 
+- ``/``: the status page (``runtime.live_page``: frame thumbnail, directive, buffer, RTF and
+  degradation chart, scene log, source and sink state), live through ``/events``.
 - ``GET /control``: the sampling in use and the changes so far (JSON).
 - ``POST /control``: a JSON object of changes (``runtime.live_control``): 202 when
   accepted; 400 (bad JSON, unknown field, out of range), 409 (not possible now), 413 (over
@@ -30,6 +32,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from basics.errors import Img2MusicError
+from runtime.live_page import frame_jpeg, page_event, page_html
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +130,12 @@ class LiveHttpServer:
     """Serves /metrics, /healthz and /readyz for one live run from a daemon thread."""
 
     def __init__(self, reporter, host: str, port: int, provider: str = "cpu", control=None,
-                 token: str | None = None, clock=time.monotonic) -> None:
+                 token: str | None = None, latest_frame=None, clock=time.monotonic) -> None:
         pc = _prometheus()
         self.reporter, self.control, self.token, self.clock = reporter, control, token, clock
+        self.latest_frame = latest_frame or (lambda: (None, 0, float("inf")))
+        """() -> (RGB frame or None, frame id, age): the source's newest frame."""
+        self._closing = threading.Event()
         self.loopback = host in LOOPBACK
         self.registry = pc.CollectorRegistry()
         pc.ProcessCollector(registry=self.registry)
@@ -150,8 +156,14 @@ class LiveHttpServer:
                     self._send(code, text.encode() + b"\n", "text/plain; charset=utf-8")
                 elif path == "/control" and server.control is not None:
                     self._json(200, server.control.settings())
+                elif path == "/":
+                    self._send(200, page_html(), "text/html; charset=utf-8")
+                elif path == "/frame.jpg":
+                    self._send(200, frame_jpeg(server.latest_frame()[0]), "image/jpeg")
+                elif path == "/events":
+                    self._events()
                 else:
-                    self._send(404, b"not found: try /metrics, /healthz, /readyz or /control\n",
+                    self._send(404, b"not found: try /, /metrics, /healthz, /readyz or /control\n",
                                "text/plain; charset=utf-8")
 
             def do_POST(self):
@@ -166,6 +178,22 @@ class LiveHttpServer:
                            "text/plain; charset=utf-8")
 
             do_DELETE = do_PATCH = do_PUT
+
+            def _events(self) -> None:
+                """Server-sent events: the page's view of the newest snapshot, once a second."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                try:
+                    while not server._closing.is_set():
+                        event = page_event(server.reporter.last, server.control, server.latest_frame()[1])
+                        if event is not None:
+                            self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                            self.wfile.flush()
+                        server._closing.wait(1.0)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the page was closed
 
             def _json(self, code: int, answer: dict) -> None:
                 self._send(code, json.dumps(answer).encode() + b"\n", "application/json")
@@ -197,7 +225,7 @@ class LiveHttpServer:
         self._thread.start()
         host, port = self.address
         where = "" if self.loopback else " (reachable from the network)"
-        log.warning("serving /metrics, /healthz and /readyz on http://%s:%d%s", host, port, where)
+        log.warning("serving the status page, /metrics, /healthz and /readyz on http://%s:%d%s", host, port, where)
         if self.control is not None and self.token is None and not self.loopback:
             log.warning("POST /control is refused on %s without --http-token-file", host)
         return self
@@ -242,5 +270,6 @@ class LiveHttpServer:
         return 200, "ok"
 
     def close(self) -> None:
+        self._closing.set()  # ends the event streams
         self.httpd.shutdown()
         self.httpd.server_close()

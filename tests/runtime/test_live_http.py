@@ -2,6 +2,7 @@
 /healthz and /readyz with the systemd watchdog's notion of health, bad requests."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def test_live_serves_prometheus_metrics(tiny_bundle):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-1500:]
-    assert f"serving /metrics, /healthz and /readyz on http://127.0.0.1:{port}" in err
+    assert f"serving the status page, /metrics, /healthz and /readyz on http://127.0.0.1:{port}" in err
 
 
 def test_a_taken_port_is_one_clear_error(tiny_bundle):
@@ -267,3 +268,39 @@ def test_osc_messages_reach_the_control():
     assert server.received == 5 and server.refused == 3
     assert engine.config.sampling.guidance_scale == 5.5 and engine.config.sampling.top_k == 100
     assert control.settings()["changes"] == {"guidance_scale": 1, "top_k": 1}
+
+
+def test_page_events_and_frame_without_a_browser():
+    """The page's three resources over plain HTTP (the browser test needs chromium)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    snapshot = {"music_s": 12.5, "buffer_s": 1.0, "rtf": 0.3, "underflows": 0, "underflow_s": 0.0,
+                "degrade_level": 0, "degrade_cheaper": 0, "degrade_repeats": 0, "degrade_silences": 0,
+                "scene_changes": 2, "directive": "slow jazz", "source_state": "streaming", "sink_outages": 0,
+                "sink_outage_s": 0.0, "frame_age_s": 0.1, "rss_mb": 100.0}
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, :320] = (255, 0, 0)  # left half red (RGB)
+    latest = [(None, 0, float("inf"))]
+    reporter = SimpleNamespace(last=snapshot, build={}, first_audio_at=1.0, last_flowing_at=1.0)
+    server = LiveHttpServer(reporter, "127.0.0.1", 0, latest_frame=lambda: latest[0]).start()
+    base = "http://%s:%d" % server.address
+    try:
+        code, html = _get(base + "/")
+        assert code == 200 and 'new EventSource("/events")' in html
+        assert not re.search(r"""(src|href)=["']?(https?:)?//|url\(|@import""", html)  # nothing from outside
+        placeholder = Image.open(io.BytesIO(urllib.request.urlopen(base + "/frame.jpg", timeout=5).read()))
+        assert placeholder.size == (320, 240)  # before the first frame: a placeholder, not a 404
+        latest[0] = (frame, 7, 0.1)
+        thumb = np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(base + "/frame.jpg", timeout=5).read())))
+        assert thumb.shape == (240, 320, 3) and thumb[120, 80, 0] > 200 and thumb[120, 240, 0] < 50
+        with urllib.request.urlopen(base + "/events", timeout=5) as stream:
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            line = stream.readline().decode()
+        event = json.loads(line.removeprefix("data: "))
+        assert event["directive"] == "slow jazz" and event["frame_id"] == 7 and event["music_s"] == 12.5
+        assert "rss_mb" not in event and "sampling" not in event  # the page's view, no control here
+    finally:
+        server.close()
