@@ -81,9 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--osc", type=_address, default=None, metavar="[HOST:]PORT",
                      help="take the same control over OSC/UDP (/img2music/guidance 3.5, /img2music/scene, ...); "
                           "no authentication: a bare port binds 127.0.0.1 (default: off)")
+    out.add_argument("--ws", type=_address, default=None, metavar="[HOST:]PORT",
+                     help="two-way control over a WebSocket: status once a second, control requests as JSON "
+                          "(the same token rule as --http); a bare port binds 127.0.0.1 (default: off)")
     out.add_argument("--http-token-file", default=None, metavar="PATH",
                      help="file holding the token POST /control must carry (Authorization: Bearer TOKEN); "
-                          "required for control on a non-loopback --http address (default: none)")
+                          "required for control on a non-loopback --http/--ws address (default: none)")
     g = p.add_argument_group("sampling")
     add_sampling_arguments(g, seed_help="sampling seed (also the synthetic scenes' seed)")
     lv = p.add_argument_group("live behaviour")
@@ -182,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run_live(args.engines, source, config, no_audio=args.no_audio, device=device, rate=args.rate,
                        record=args.record, record_max_mb=args.record_max_mb, metrics=args.metrics,
                        metrics_max_mb=args.metrics_max_mb, http=args.http, http_token=token, osc=args.osc,
+                       ws=args.ws,
                        threads=args.threads, provider=args.provider, cuda_graph=args.cuda_graph)
     print(summary)
     return 0
@@ -190,16 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=None, rate: int | None = None,
              record: str | None = None, record_max_mb: float = 1024.0, metrics: str | None = None,
              metrics_max_mb: float = 20.0, http: tuple[str, int] | None = None, http_token: str | None = None,
-             osc: tuple[str, int] | None = None, threads: int | None = None,
+             osc: tuple[str, int] | None = None, ws: tuple[str, int] | None = None, threads: int | None = None,
              provider: str = "cpu", cuda_graph: bool = True,
              engine_hook=None) -> str:
     """One live session; returns the summary line. ``engine_hook(engine)`` runs before the
     start (tests use it to slow the generator or stop it from another thread)."""
     from runtime.audio_sink import ClockSink, RingBuffer, SoundDeviceSink, device_rate
-    from runtime.live_control import LiveControl
     from runtime.live_engine import LiveEngine
-    from runtime.live_http import LiveHttpServer
-    from runtime.live_osc import LiveOscServer
     from runtime.live_recording import LiveRecording
     from runtime.live_status import StatusReporter
     from runtime.onnx_pipeline import OnnxPipeline
@@ -224,15 +225,7 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     sink = ClockSink(ring, out_rate) if no_audio else SoundDeviceSink(ring, out_rate, device)
     notifier = SystemdNotifier()  # a no-op unless systemd started us with Type=notify
     reporter = StatusReporter(engine, sink, metrics, metrics_max_bytes=int(metrics_max_mb * 2**20), notifier=notifier)
-    server = osc_server = None
-    if http or osc:
-        engine.control = LiveControl(engine)
-    if http:
-        server = LiveHttpServer(reporter, *http, provider=provider, control=engine.control, token=http_token,
-                                latest_frame=engine.source.latest)  # a taken port fails here, before the music
-        engine.observe_step = server.step_latency.observe
-    if osc:
-        osc_server = LiveOscServer(engine.control, *osc)
+    servers = _control_servers(engine, reporter, http, http_token, osc, ws, provider)  # a taken port fails here
     previous = None
     if _main_thread():
         # SIGTERM (systemd stop) ends the run like Ctrl-C; SIGINT is installed explicitly
@@ -245,10 +238,8 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
         playout.start()
         sink.start()
         reporter.start()
-        if server is not None:
+        for server in servers:
             server.start()
-        if osc_server is not None:
-            osc_server.start()
         watch.watch("playout", playout.thread, lambda: playout.beat)
         watch.watch("sound output", sink.thread)
         watch.watch("status", reporter.thread)
@@ -265,10 +256,8 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
         except Exception as exc:  # the playout's own fault: the error that ended the run goes on
             logging.getLogger(__name__).error("the last audio could not be flushed: %s", exc)
         sink.close()
-        if server is not None:
+        for server in servers:
             server.close()
-        if osc_server is not None:
-            osc_server.close()
         last = reporter.close()
         notifier.close()
         if recorder is not None:
@@ -285,6 +274,30 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     if recorder is not None:
         text += "\n" + recorder.describe()
     return text
+
+
+def _control_servers(engine, reporter, http, token, osc, ws, provider) -> list:
+    """The status page / metrics / control (HTTP), OSC and WebSocket servers asked for, bound
+    now (before the music starts) and started by the caller; all share one LiveControl."""
+    from runtime.live_control import LiveControl
+    from runtime.live_http import LiveHttpServer
+    from runtime.live_osc import LiveOscServer
+    from runtime.live_ws import LiveWebSocketServer
+
+    if not (http or osc or ws):
+        return []
+    engine.control = LiveControl(engine)
+    servers = []
+    if http:
+        servers.append(LiveHttpServer(reporter, *http, provider=provider, control=engine.control, token=token,
+                                      latest_frame=engine.source.latest))
+        engine.observe_step = servers[-1].step_latency.observe
+    if osc:
+        servers.append(LiveOscServer(engine.control, *osc))
+    if ws:
+        servers.append(LiveWebSocketServer(reporter, engine.control, *ws, token=token,
+                                           latest_frame=engine.source.latest))
+    return servers
 
 
 def _main_thread() -> bool:

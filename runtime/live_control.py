@@ -10,6 +10,7 @@ usual smooth transition. Every accepted change is logged and counted.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import queue
@@ -61,6 +62,16 @@ def validate(body) -> dict:
             value = kind(value)
         changes[name] = value
     return changes
+
+
+def refusal(expected: str | None, given: str | None, loopback: bool) -> tuple[int, str] | None:
+    """Who may change the music (HTTP and WebSocket alike): (status, why) to refuse, or None.
+    With a token set, only requests carrying it; without one, only on a loopback address."""
+    if expected is None:
+        return None if loopback else (403, "control on a non-loopback address needs --http-token-file")
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        return 401, "missing or wrong token (Authorization: Bearer TOKEN)"
+    return None
 
 
 class LiveControl:

@@ -24,7 +24,6 @@ one: a scrape a second costs nothing next to the decoder.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
@@ -232,15 +231,14 @@ class LiveHttpServer:
 
     def handle_control(self, headers, body, client: str) -> tuple[int, dict]:
         """One ``POST /control``: (status, JSON answer); nothing changes unless 202."""
-        from runtime.live_control import ControlError
+        from runtime.live_control import ControlError, refusal
 
-        if self.token is None and not self.loopback:
-            return 403, {"error": "control on a non-loopback address needs --http-token-file"}
-        if self.token is not None:
-            given = headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                log.warning("control request from %s refused: missing or wrong token", client)
-                return 401, {"error": "missing or wrong token (Authorization: Bearer TOKEN)"}
+        given = headers.get("Authorization", "")
+        refused = refusal(self.token, given.removeprefix("Bearer ") if given.startswith("Bearer ") else None,
+                          self.loopback)
+        if refused is not None:
+            log.warning("control request from %s refused: %s", client, refused[1])
+            return refused[0], {"error": refused[1]}
         try:
             length = int(headers.get("Content-Length", ""))
         except ValueError:

@@ -202,16 +202,18 @@ def test_control_tokens_sizes_and_refusals():
 
 
 def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
-    """A forced scene change and 200 guidance changes in 10 s on loopback: every request
-    answered, the changes applied, the music uninterrupted (0 underflows, no silence)."""
+    """A forced scene change and 200 guidance changes in 10 s on loopback, then one change each
+    over OSC and the WebSocket: every request answered, the changes applied, the music
+    uninterrupted (0 underflows, no repeats, no silence)."""
     token = "tok-" + "x" * 20
     (tmp_path / "token").write_text(token + "\n")
-    wav, metrics, port, osc_port = tmp_path / "out.wav", tmp_path / "m.jsonl", _free_port(), _free_port()
+    wav, metrics, port, osc_port, ws_port = (tmp_path / "out.wav", tmp_path / "m.jsonl", _free_port(), _free_port(),
+                                             _free_port())
     proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
                              str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "16",
                              "--scene-seconds", "1000", "--record", str(wav), "--metrics", str(metrics),
                              "--http", str(port), "--http-token-file", str(tmp_path / "token"),
-                             "--osc", str(osc_port)],
+                             "--osc", str(osc_port), "--ws", str(ws_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -225,9 +227,17 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
         from pythonosc.udp_client import SimpleUDPClient
 
         SimpleUDPClient("127.0.0.1", osc_port).send_message("/img2music/temperature", 0.9)
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{ws_port}/?token={token}") as ws:
+            ws.send(json.dumps({"top_p": 0.9}))
+            while (answer := json.loads(ws.recv(timeout=5)))["type"] != "answer":
+                pass
+            assert answer["status"] == 202
         time.sleep(1.0)
         settings = json.loads(_get(base + "/control")[1])
-        assert settings["changes"] == {"scene": 1, "guidance_scale": 200, "temperature": 1}
+        assert settings["changes"] == {"scene": 1, "guidance_scale": 200, "temperature": 1, "top_p": 1}
+        assert settings["sampling"]["top_p"] == 0.9
         assert settings["sampling"]["temperature"] == pytest.approx(0.9)  # OSC floats are 32-bit
         assert settings["sampling"]["guidance_scale"] == 3.5  # the last one, applied
         out, err = proc.communicate(timeout=60)
@@ -302,5 +312,39 @@ def test_page_events_and_frame_without_a_browser():
         event = json.loads(line.removeprefix("data: "))
         assert event["directive"] == "slow jazz" and event["frame_id"] == 7 and event["music_s"] == 12.5
         assert "rss_mb" not in event and "sampling" not in event  # the page's view, no control here
+    finally:
+        server.close()
+
+
+def test_websocket_status_and_control():
+    from websockets.sync.client import connect
+
+    from runtime.live_ws import LiveWebSocketServer
+
+    engine, applied = _fake_engine()
+    control = LiveControl(engine)
+    reporter = SimpleNamespace(last={"music_s": 3.0, "directive": "slow jazz"}, build={})
+    token = "ws-token-0123456789abcdef"
+    server = LiveWebSocketServer(reporter, control, "127.0.0.1", 0, token=token).start()
+    url = "ws://%s:%d/" % server.address
+    try:
+        with connect(url + "?token=" + token) as ws:
+            status = json.loads(ws.recv(timeout=5))
+            assert status["type"] == "status" and status["directive"] == "slow jazz"
+            ws.send(json.dumps({"guidance_scale": 4.5}))
+            answers = [json.loads(ws.recv(timeout=5)) for _ in range(2)]
+            answer = next(a for a in answers if a["type"] == "answer")
+            assert answer == {"type": "answer", "status": 202, "accepted": {"guidance_scale": 4.5}}
+            ws.send("{oops")
+            while (answer := json.loads(ws.recv(timeout=5)))["type"] != "answer":
+                pass
+            assert answer["status"] == 400 and "not JSON" in answer["error"]
+        with connect(url, additional_headers={"Authorization": "Bearer wrong"}) as ws:
+            ws.send(json.dumps({"guidance_scale": 2.0}))
+            while (answer := json.loads(ws.recv(timeout=5)))["type"] != "answer":
+                pass
+            assert answer["status"] == 401
+        control.apply_pending()
+        assert engine.config.sampling.guidance_scale == 4.5 and control.settings()["changes"] == {"guidance_scale": 1}
     finally:
         server.close()
