@@ -77,40 +77,29 @@ def test_health_follows_the_audio(tmp_path):
         server.close()
 
 
-def test_live_serves_prometheus_metrics(tiny_bundle):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
-                             str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "8",
-                             "--http", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base)
-        time.sleep(2.5)  # a few snapshots after the first audio
-        code, text = _get(base + "/metrics")
-        assert code == 200 and _get(base + "/healthz") == (200, "ok\n")
-        families = {f.name: f for f in text_string_to_metric_families(text)}
-        value = {f.name: f.samples[0].value for f in families.values() if len(f.samples) == 1}
-        assert families["img2music_music_seconds"].type == "counter" and value["img2music_music_seconds"] > 1
-        assert value["img2music_underflows"] == 0 and 0 < value["img2music_time_to_first_audio_seconds"] < 60
-        assert 0 < value["img2music_buffer_seconds"] <= 5 and value["img2music_real_time_factor"] > 0
-        assert value["process_resident_memory_bytes"] > 50e6
-        build = families["img2music_build_info"].samples[0].labels
-        assert build["bundle"] == str(tiny_bundle) and build["precision"] == "fp32" and build["provider"] == "cpu"
-        states = {s.labels["state"]: s.value for s in families["img2music_source_state"].samples}
-        assert states["streaming"] == 1 and sum(states.values()) == 1
-        latency = {s.name: s.value for s in families["img2music_decoder_step_seconds"].samples
-                   if s.labels.get("le") in (None, "+Inf")}
-        steps_done = latency["img2music_decoder_step_seconds_count"]
-        assert steps_done >= 50 * value["img2music_music_seconds"] * 0.5  # every decoder pass is observed
-        assert 0 < latency["img2music_decoder_step_seconds_sum"] / steps_done < 0.1  # tiny: milliseconds a step
-        steps = {s.labels["step"]: s.value for s in families["img2music_degrade_steps"].samples}
-        assert steps == {"cheaper": 0, "repeats": 0, "silences": 0}
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-1500:]
-    assert f"serving the status page, /metrics, /healthz and /readyz on http://127.0.0.1:{port}" in err
+def _check_metrics(base: str, bundle) -> None:
+    """/metrics of a running tiny live run, parsed by prometheus_client's own parser."""
+    code, text = _get(base + "/metrics")
+    assert code == 200 and _get(base + "/healthz") == (200, "ok\n")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    value = {f.name: f.samples[0].value for f in families.values() if len(f.samples) == 1}
+    assert families["img2music_music_seconds"].type == "counter" and value["img2music_music_seconds"] > 1
+    assert value["img2music_underflows"] == 0 and 0 < value["img2music_time_to_first_audio_seconds"] < 60
+    assert 0 < value["img2music_buffer_seconds"] <= 5 and value["img2music_real_time_factor"] > 0
+    assert value["process_resident_memory_bytes"] > 50e6
+    build = families["img2music_build_info"].samples[0].labels
+    assert build["bundle"] == str(bundle) and build["precision"] == "fp32" and build["provider"] == "cpu"
+    states = {s.labels["state"]: s.value for s in families["img2music_source_state"].samples}
+    assert states["streaming"] == 1 and sum(states.values()) == 1
+    latency = {s.name: s.value for s in families["img2music_decoder_step_seconds"].samples
+               if s.labels.get("le") in (None, "+Inf")}
+    steps_done = latency["img2music_decoder_step_seconds_count"]
+    assert steps_done >= 50 * value["img2music_music_seconds"] * 0.5  # every decoder pass is observed
+    assert 0 < latency["img2music_decoder_step_seconds_sum"] / steps_done < 0.1  # tiny: milliseconds a step
+    steps = {s.labels["step"]: s.value for s in families["img2music_degrade_steps"].samples}
+    assert steps == {"cheaper": 0, "repeats": 0, "silences": 0}
+    changes = {s.labels["field"]: s.value for s in families["img2music_control_changes"].samples}
+    assert changes["guidance_scale"] == 200 and changes["scene"] == 1
 
 
 def test_a_taken_port_is_one_clear_error(tiny_bundle):
@@ -203,8 +192,8 @@ def test_control_tokens_sizes_and_refusals():
 
 def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
     """A forced scene change and 200 guidance changes in 10 s on loopback, then one change each
-    over OSC and the WebSocket: every request answered, the changes applied, the music
-    uninterrupted (0 underflows, no repeats, no silence)."""
+    over OSC and the WebSocket: every request answered, the changes applied (and in /metrics),
+    the music uninterrupted (0 underflows, no repeats, no silence)."""
     token = "tok-" + "x" * 20
     (tmp_path / "token").write_text(token + "\n")
     wav, metrics, port, osc_port, ws_port = (tmp_path / "out.wav", tmp_path / "m.jsonl", _free_port(), _free_port(),
@@ -238,6 +227,7 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
         settings = json.loads(_get(base + "/control")[1])
         assert settings["changes"] == {"scene": 1, "guidance_scale": 200, "temperature": 1, "top_p": 1}
         assert settings["sampling"]["top_p"] == 0.9
+        _check_metrics(base, tiny_bundle)
         assert settings["sampling"]["temperature"] == pytest.approx(0.9)  # OSC floats are 32-bit
         assert settings["sampling"]["guidance_scale"] == 3.5  # the last one, applied
         out, err = proc.communicate(timeout=60)
@@ -245,6 +235,7 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-1500:]
+    assert f"serving the status page, /metrics, /healthz and /readyz on http://127.0.0.1:{port}" in err
     last = json.loads(metrics.read_text().splitlines()[-1])
     assert last["underflows"] == 0 and last["degrade_silences"] == 0 and last["degrade_repeats"] == 0
     assert last["scene_changes"] == 1  # the forced one: the synthetic scene never changes by itself

@@ -41,7 +41,7 @@ def test_sound_server_crash_and_return(tiny_bundle, pulse, tmp_path):
     wav, metrics = tmp_path / "out.wav", tmp_path / "m.jsonl"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines", str(tiny_bundle),
-         "--threads", "2", "--duration", "16", "--record", str(wav), "--metrics", str(metrics)],
+         "--threads", "2", "--duration", "12", "--record", str(wav), "--metrics", str(metrics)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=pulse.env)
     _wait_for_music(metrics, 3)
     pulse.stop()
@@ -60,4 +60,4 @@ def test_sound_server_crash_and_return(tiny_bundle, pulse, tmp_path):
     audio, _ = sf.read(str(heard))
     assert len(audio) > 0 and float(np.sqrt(np.mean(np.square(audio)))) > 1e-3  # music, not silence
     info = sf.info(str(wav))
-    assert abs(info.frames / info.samplerate - 16.0) < 0.05
+    assert abs(info.frames / info.samplerate - 12.0) < 0.05
