@@ -13,7 +13,7 @@
 - :class:`Resampler`: model rate -> device rate with soxr's streaming resampler (no
   seams between chunks).
 
-Recording (``--record``) goes through ``runtime.audio_files.WavRecorder``.
+Recording (``--record``) goes through ``runtime.live_recording.LiveRecording``.
 """
 
 from __future__ import annotations
