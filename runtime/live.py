@@ -167,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from runtime.preprocess import load_image
 
         fallback = np.asarray(load_image(args.fallback_image))  # (H, W, 3) RGB; a bad file fails here, before loading
+    if args.http_token_file and not (args.http or args.ws):
+        raise Img2MusicError("--http-token-file needs --http or --ws (the token guards their control)")
     token = _read_token(args.http_token_file) if args.http_token_file else None
     if not Path(args.engines).is_dir():
         raise Img2MusicError(f"engine bundle not found: {args.engines}")

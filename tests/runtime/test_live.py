@@ -229,6 +229,8 @@ def test_video_file_and_image_folder_sources(tiny_bundle, tmp_path, photos):
     (["--synthetic", "--record", "/nope/dir/x.wav"], "directory does not exist"),
     (["--synthetic", "--engines", "/nope/bundle"], "engine bundle not found"),
     (["--synthetic", "--fallback-image", "/nope/dusk.png"], "image not found: /nope/dusk.png"),
+    (["--synthetic", "--http-token-file", "/nope/token"], "--http-token-file needs --http or --ws"),
+    (["--synthetic", "--http", "9090", "--http-token-file", "/nope/token"], "--http-token-file: cannot read"),
 ])
 def test_bad_input_is_one_clear_error(argv, message, capsys):
     if "--engines" not in argv:
