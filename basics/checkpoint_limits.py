@@ -35,9 +35,7 @@ def musicgen_problems(config) -> list[str]:
     """``MusicgenConfig`` (decoder + EnCodec) -> what the runtime cannot do with it."""
     decoder, codec = config.decoder, config.audio_encoder
     problems = decoder_problems(decoder)
-    hop = 1
-    for ratio in codec.upsampling_ratios:
-        hop *= ratio
+    hop = codec.hop_length  # the product of its upsampling ratios
     if codec.sampling_rate % hop:
         problems.append(f"EnCodec's frame rate {codec.sampling_rate} / {hop} is not a whole number of "
                         "frames per second")

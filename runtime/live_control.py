@@ -11,6 +11,7 @@ usual smooth transition. Every accepted change is logged and counted.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import math
 import queue
@@ -72,6 +73,27 @@ def refusal(expected: str | None, given: str | None, loopback: bool) -> tuple[in
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
         return 401, "missing or wrong token (Authorization: Bearer TOKEN)"
     return None
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header, or None."""
+    return header.removeprefix("Bearer ") if header and header.startswith("Bearer ") else None
+
+
+def answer(control: "LiveControl", message, refused: tuple[int, str] | None, source: str) -> tuple[int, dict]:
+    """One control message (JSON text or bytes) from HTTP or a WebSocket -> (status, answer);
+    nothing changes unless the status is 202."""
+    if refused is not None:
+        log.warning("control request from %s refused: %s", source, refused[1])
+        return refused[0], {"error": refused[1]}
+    try:
+        request = json.loads(message)
+    except (TypeError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return 400, {"error": f"not JSON: {exc}"}
+    try:
+        return 202, {"accepted": control.submit(request, source=source)}
+    except ControlError as exc:
+        return exc.status, {"error": str(exc)}
 
 
 class LiveControl:

@@ -231,28 +231,19 @@ class LiveHttpServer:
 
     def handle_control(self, headers, body, client: str) -> tuple[int, dict]:
         """One ``POST /control``: (status, JSON answer); nothing changes unless 202."""
-        from runtime.live_control import ControlError, refusal
+        from runtime.live_control import answer, bearer, refusal
 
-        given = headers.get("Authorization", "")
-        refused = refusal(self.token, given.removeprefix("Bearer ") if given.startswith("Bearer ") else None,
-                          self.loopback)
+        source = f"http {client}"
+        refused = refusal(self.token, bearer(headers.get("Authorization")), self.loopback)
         if refused is not None:
-            log.warning("control request from %s refused: %s", client, refused[1])
-            return refused[0], {"error": refused[1]}
+            return answer(self.control, None, refused, source)  # the body is not read
         try:
             length = int(headers.get("Content-Length", ""))
         except ValueError:
             return 411, {"error": "Content-Length required"}
         if not 0 <= length <= MAX_BODY:
             return 413, {"error": f"request body over {MAX_BODY} bytes"}
-        try:
-            request = json.loads(body.read(length).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return 400, {"error": f"not JSON: {exc}"}
-        try:
-            return 202, {"accepted": self.control.submit(request, source=f"http {client}")}
-        except ControlError as exc:
-            return exc.status, {"error": str(exc)}
+        return answer(self.control, body.read(length), None, source)
 
     def ready(self) -> tuple[int, str]:
         if self.reporter.first_audio_at is None:

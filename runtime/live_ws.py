@@ -18,7 +18,7 @@ import threading
 from urllib.parse import parse_qs, urlsplit
 
 from basics.errors import Img2MusicError
-from runtime.live_control import ControlError, refusal
+from runtime.live_control import answer, bearer, refusal
 from runtime.live_http import LOOPBACK, MAX_BODY
 from runtime.live_page import page_event
 
@@ -52,10 +52,8 @@ class LiveWebSocketServer:
 
     def _token(self, connection) -> str | None:
         request = connection.request
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            return header.removeprefix("Bearer ")
-        return (parse_qs(urlsplit(request.path).query).get("token") or [None])[0]
+        return bearer(request.headers.get("Authorization")) or (
+            parse_qs(urlsplit(request.path).query).get("token") or [None])[0]
 
     def _handle(self, connection) -> None:
         refused = refusal(self.token, self._token(connection), self.loopback)
@@ -69,21 +67,10 @@ class LiveWebSocketServer:
                     message = connection.recv(timeout=1.0)
                 except TimeoutError:
                     continue
-                connection.send(json.dumps({"type": "answer", **self._answer(message, refused, client)}))
+                status, reply = answer(self.control, message, refused, f"websocket {client}")
+                connection.send(json.dumps({"type": "answer", "status": status, **reply}))
         except Exception as exc:  # the client went away (ConnectionClosed) or sent a frame too large
             log.debug("websocket %s closed: %s", client, exc)
-
-    def _answer(self, message, refused, client: str) -> dict:
-        if refused is not None:
-            return {"status": refused[0], "error": refused[1]}
-        try:
-            request = json.loads(message)
-        except (TypeError, ValueError) as exc:
-            return {"status": 400, "error": f"not JSON: {exc}"}
-        try:
-            return {"status": 202, "accepted": self.control.submit(request, source=f"websocket {client}")}
-        except ControlError as exc:
-            return {"status": exc.status, "error": str(exc)}
 
     def close(self) -> None:
         self._closing.set()

@@ -54,6 +54,7 @@ class OnnxPipeline:
     def __init__(self, bundle: Bundle, options: SessionOptions = SessionOptions()) -> None:
         self.bundle, self.options = bundle, options
         self._open()
+        self.generator = CodeGenerator(self.decoder)
         model = bundle.model
         self.image_config = model.clip.image
         self.directives = model.conditioning.directives
@@ -62,10 +63,6 @@ class OnnxPipeline:
         sessions = open_sessions(self.bundle, self.options)
         self.sessions = sessions.graphs
         self.decoder = sessions.decoder
-        if getattr(self, "generator", None) is None:
-            self.generator = CodeGenerator(self.decoder)
-        else:  # the same generator (what wraps or watches it stays), its next piece on the new sessions
-            self.generator.decoder = self.decoder
 
     def set_spinning(self, spinning: bool) -> None:
         """Re-create the sessions with ORT's worker threads busy-waiting between runs or not
@@ -73,6 +70,7 @@ class OnnxPipeline:
         if spinning != self.options.spinning:
             self.options = replace(self.options, spinning=spinning)
             self._open()
+            self.generator.decoder = self.decoder  # the same generator: what wraps or watches it stays
 
     @classmethod
     def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,

@@ -83,18 +83,16 @@ class SceneTracker:
         self.candidates.append(embedding)
         if len(self.candidates) < c.confirm or now - self.last_change < c.min_dwell:
             return None
-        self.current = np.mean(self.candidates, axis=0)
-        self.candidates.clear()
-        self.change_started = self._candidate_since
-        self.last_change = now
-        self.changes += 1
-        return self.current
+        return self._change(np.mean(self.candidates, axis=0), self._candidate_since, now)
 
     def force(self, embedding: np.ndarray, now: float) -> np.ndarray:
         """Make ``embedding`` the scene now, whatever the thresholds say (a cue from outside)."""
-        self.current = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        return self._change(np.asarray(embedding, dtype=np.float32).reshape(-1), now, now)
+
+    def _change(self, scene: np.ndarray, started: float, now: float) -> np.ndarray:
+        self.current = scene
         self.candidates.clear()
-        self.change_started = self.last_change = now
+        self.change_started, self.last_change = started, now
         self.changes += 1
         return self.current
 
