@@ -42,10 +42,21 @@ def _wait_ready(base: str, timeout: float = 60) -> None:
     raise AssertionError(f"{base}/readyz never said 200")
 
 
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all held open while picking (closed one by one, the kernel
+    may hand the same port out twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
 
 
 def test_parse_address():
@@ -196,11 +207,12 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
     the music uninterrupted (0 underflows, no repeats, no silence)."""
     token = "tok-" + "x" * 20
     (tmp_path / "token").write_text(token + "\n")
-    wav, metrics, port, osc_port, ws_port = (tmp_path / "out.wav", tmp_path / "m.jsonl", _free_port(), _free_port(),
-                                             _free_port())
+    wav, metrics = tmp_path / "out.wav", tmp_path / "m.jsonl"
+    port, osc_port, ws_port = _free_ports(3)
     proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
                              str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "16",
-                             "--scene-seconds", "1000", "--record", str(wav), "--metrics", str(metrics),
+                             "--scene-seconds", "1000", "--first-frame-wait", "30",  # no fallback scene first
+                             "--record", str(wav), "--metrics", str(metrics),
                              "--http", str(port), "--http-token-file", str(tmp_path / "token"),
                              "--osc", str(osc_port), "--ws", str(ws_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -223,8 +235,13 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
             while (answer := json.loads(ws.recv(timeout=5)))["type"] != "answer":
                 pass
             assert answer["status"] == 202
-        time.sleep(1.0)
-        settings = json.loads(_get(base + "/control")[1])
+        deadline = time.monotonic() + 10  # OSC is asynchronous and the compute thread applies between actions
+        while True:
+            settings = json.loads(_get(base + "/control")[1])
+            if settings["changes"].get("temperature") and settings["sampling"]["top_p"] == 0.9 \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert settings["changes"] == {"scene": 1, "guidance_scale": 200, "temperature": 1, "top_p": 1}
         assert settings["sampling"]["top_p"] == 0.9
         _check_metrics(base, tiny_bundle)
