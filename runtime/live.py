@@ -10,7 +10,7 @@ Usage::
     python runtime/live.py --images photos/ --interval 8 --engines engines/small
     python runtime/live.py --synthetic --engines engines/tiny --no-audio --record out.wav --duration 20
 
-Runs until Ctrl-C / SIGTERM (or ``--duration`` seconds of music); the WAV is finalized
+Runs until Ctrl-C / SIGTERM (or ``--duration`` seconds of audio); the WAV is finalized
 either way. A status line shows buffer, real-time factor, underflows, frame age and
 the current directive; ``--metrics FILE`` appends the same as JSON lines every second.
 """
@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as `python runtime/live.py`
 from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from runtime.cli_types import add_provider_arguments, add_sampling_arguments, non_negative, positive
-from runtime.live_engine import LiveConfig
+from runtime.live_config import LiveConfig
 from runtime.sampling import SamplingConfig
 from runtime.scene import SceneConfig
 
@@ -71,15 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--record-max-mb", type=positive(float), default=1024.0,
                      help="start a new recording file (WAV.1.wav, ...) when one reaches this size")
     out.add_argument("--duration", type=positive(float), default=None,
-                     help="stop after this many seconds of music (default: run until stopped)")
+                     help="stop after this many seconds of audio: music, and silence while paused (default: run "
+                          "until stopped)")
     out.add_argument("--metrics", default=None, metavar="JSONL", help="append one JSON line of metrics per second")
     out.add_argument("--metrics-max-mb", type=positive(float), default=20.0,
                      help="rotate --metrics at this size (FILE.1 .. FILE.3 keep the older lines)")
     out.add_argument("--http", type=_address, default=None, metavar="[HOST:]PORT",
                      help="serve a status page (/), Prometheus /metrics, /healthz and /readyz on this address; a "
-                          "bare port binds 127.0.0.1 (default: off); POST /control changes sampling and scenes")
+                          "bare port binds 127.0.0.1 (default: off); POST /control changes sampling and scenes, "
+                          "pauses, resumes, fades out, reloads the bundle")
     out.add_argument("--osc", type=_address, default=None, metavar="[HOST:]PORT",
-                     help="take the same control over OSC/UDP (/img2music/guidance 3.5, /img2music/scene, ...); "
+                     help="take the same control over OSC/UDP (/img2music/guidance 3.5, /img2music/scene, "
+                          "/img2music/pause, ...); "
                           "no authentication: a bare port binds 127.0.0.1 (default: off)")
     out.add_argument("--ws", type=_address, default=None, metavar="[HOST:]PORT",
                      help="two-way control over a WebSocket: status once a second, control requests as JSON "
@@ -271,6 +274,10 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
             f"{last['underflows']} underflows, {last['reconnects']} source reconnects, "
             f"degrade cheaper/repeat/silence {last['degrade_cheaper']}/{last['degrade_repeats']}/"
             f"{last['degrade_silences']}, RTF {last['rtf']:.2f}")
+    if last.get("paused_s"):
+        text += f", {last['paused_s']:.1f} s paused"
+    if last.get("bundle_reloads") or last.get("bundle_reload_failures"):
+        text += f", bundle reloads {last['bundle_reloads']} (failed {last['bundle_reload_failures']})"
     if last["sink_outages"]:
         text += f", {last['sink_outages']} sound output outages ({last['sink_outage_s']:.1f} s)"
     if recorder is not None:

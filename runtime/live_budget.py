@@ -210,3 +210,15 @@ def start_window(pipeline, conditioning, mask, sampling, configured: Windowing |
         chosen = measure()
         log.info("projected RTF under %.1f: onnxruntime's threads sleep between runs", SPIN_BELOW)
     return chosen
+
+
+def describe_start(costs: Costs, window: Windowing, rtf: float, frame_rate: int, seconds: float,
+                   configured: bool) -> str:
+    """The start-up choice as one line (the live engine prints it)."""
+    return (f"context budget ({seconds:.1f} s to measure: step {costs.step_base_ms:.1f} ms "
+            f"+ {costs.step_per_position_ms * 1000:.2f} ms per 1000 positions, EnCodec "
+            f"{costs.encodec_per_second_ms:.0f} ms/s): window {window.window_frames / frame_rate:.0f} s, "
+            f"keep {window.keep_frames / frame_rate:.0f} s{' (as configured)' if configured else ''}, "
+            f"projected RTF {rtf:.2f}"
+            + ("" if rtf <= HEADROOM else " — above the headroom: this machine is too slow for "
+               "this bundle, expect repeats"))

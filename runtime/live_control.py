@@ -1,11 +1,14 @@
-"""Changing a live run while it plays (``live.py --http``: ``POST /control``).
+"""Changing a live run while it plays (``live.py --http``: ``POST /control``; OSC, WebSocket).
 
 A request is a JSON object with any of :data:`FIELDS`; it is checked completely in the
-caller's thread (types, ranges, unknown names: one message naming the problem, and no
-change at all) and then queued; the compute thread applies it between two actions, so a
-change never races a decoder pass. Sampling changes take effect from the next chunk;
-``"scene": "now"`` makes the newest frame the scene at once (a performer's cue), with the
-usual smooth transition. Every accepted change is logged and counted.
+caller's thread (types, ranges, unknown names, then what the run allows now: one message
+naming the problem, and no change at all) and then queued; the compute thread applies it
+between two actions, so a change never races a decoder pass. Sampling changes take effect
+from the next chunk; ``"scene": "now"`` makes the newest frame the scene at once (a
+performer's cue), with the usual smooth transition; ``"transport"`` pauses or resumes and
+``"fade_out"`` fades to a pause (``runtime.live_transport``); ``"bundle"`` loads another
+engine bundle in the background and swaps it in when ready (``runtime.live_reload``).
+Every accepted change is logged and counted.
 """
 
 from __future__ import annotations
@@ -21,14 +24,19 @@ from dataclasses import asdict, replace
 
 log = logging.getLogger(__name__)
 
-FIELDS = {  # name -> (type, low, high) for numbers; allowed values for words
+FIELDS = {  # name -> (type, low, high): numbers in range, strings by length; or the allowed words
     "guidance_scale": (float, 1.0, 20.0),
     "temperature": (float, 0.05, 5.0),
     "top_k": (int, 0, 1 << 20),  # and at most the bundle's vocabulary (checked in submit)
     "top_p": (float, 0.0, 1.0),
     "scene": ("now",),
+    "transport": ("pause", "resume"),
+    "fade_out": (float, 0.1, 60.0),  # seconds of audio, then paused
+    "bundle": (str, 1, 4096),  # an engine bundle directory (checked in submit)
 }
 SAMPLING_FIELDS = ("guidance_scale", "temperature", "top_k", "top_p")
+EXCLUSIVE = (("transport", "fade_out"),)
+"""Fields that contradict each other in one request."""
 
 
 class ControlError(ValueError):
@@ -52,6 +60,9 @@ def validate(body) -> dict:
         if isinstance(rule[0], str):
             if value not in rule:
                 raise ControlError(f"{name} must be one of {', '.join(map(repr, rule))}, got {value!r}")
+        elif rule[0] is str:
+            if not isinstance(value, str) or not rule[1] <= len(value) <= rule[2] or "\0" in value:
+                raise ControlError(f"{name} must be a string of {rule[1]} to {rule[2]} characters, got {value!r:.80}")
         else:
             kind, low, high = rule
             # JSON true/false are ints to Python; 3.0 is a fine top_k, 3.5 is not
@@ -62,6 +73,9 @@ def validate(body) -> dict:
                 raise ControlError(f"{name} must be in [{low}, {high}], got {value}")
             value = kind(value)
         changes[name] = value
+    for group in EXCLUSIVE:
+        if all(name in changes for name in group):
+            raise ControlError(f"give one of {', '.join(group)} per request, not both")
     return changes
 
 
@@ -96,11 +110,50 @@ def answer(control: "LiveControl", message, refused: tuple[int, str] | None, sou
         return exc.status, {"error": str(exc)}
 
 
+def _check_guidance(engine, value: float) -> None:
+    if value > 1.0 and not engine.config.sampling.uses_guidance:
+        raise ControlError("guidance was off when the run started (--guidance-scale <= 1): the scale "
+                           "cannot be raised while running", status=409)
+
+
+def _check_top_k(engine, value: int) -> None:
+    vocab = engine.pipeline.bundle.model.decoder.vocab_size
+    if value > vocab:
+        raise ControlError(f"top_k must be in [0, {vocab}] (the codebook size), got {value}")
+
+
+def _check_scene(engine, value: str) -> None:
+    if engine.source.latest()[0] is None:
+        raise ControlError("no frame yet to take a scene from", status=409)
+
+
+CHECKS = {"guidance_scale": _check_guidance, "top_k": _check_top_k, "scene": _check_scene}
+"""Field -> (engine, value) -> None or ControlError: what the run allows now, beyond the ranges."""
+
+
+def _transport(control: "LiveControl", value: str) -> None:
+    transport = control.engine.transport
+    changed = transport.pause() if value == "pause" else transport.resume()
+    if not changed:
+        log.info("control: %s: the music is %s already, nothing to do", value, transport.state)
+
+
+ACTIONS = {  # field -> (control, value) -> None, in the compute thread (sampling fields go together)
+    "scene": lambda control, value: control.engine.force_scene(),
+    "transport": _transport,
+    "fade_out": lambda control, value: control.engine.transport.pause(value, why="fade out"),
+    "bundle": lambda control, value: control.reloader.start(value),
+}
+
+
 class LiveControl:
     """The queue between requests (any thread) and the compute thread (:meth:`apply_pending`)."""
 
     def __init__(self, engine) -> None:
+        from runtime.live_reload import BundleReloader
+
         self.engine = engine
+        self.reloader = BundleReloader(engine)
         self.changes: Counter = Counter()
         """Accepted changes per field (metrics)."""
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -109,15 +162,11 @@ class LiveControl:
     def submit(self, body, source: str = "http") -> dict:
         """Check and queue; returns what was accepted. Raises :class:`ControlError`."""
         changes = validate(body)
-        sampling = self.engine.config.sampling
-        if changes.get("guidance_scale", 1.0) > 1.0 and not sampling.uses_guidance:
-            raise ControlError("guidance was off when the run started (--guidance-scale <= 1): the scale "
-                               "cannot be raised while running", status=409)
-        vocab = self.engine.pipeline.bundle.model.decoder.vocab_size
-        if changes.get("top_k", 0) > vocab:
-            raise ControlError(f"top_k must be in [0, {vocab}] (the codebook size), got {changes['top_k']}")
-        if "scene" in changes and self.engine.source.latest()[0] is None:
-            raise ControlError("no frame yet to take a scene from", status=409)
+        for name, value in changes.items():
+            if name in CHECKS:
+                CHECKS[name](self.engine, value)
+        if "bundle" in changes:  # last: it claims the one reload slot
+            changes["bundle"] = self.reloader.reserve(changes["bundle"])
         with self._lock:
             self.changes.update(changes.keys())
         self._queue.put(changes)
@@ -125,21 +174,26 @@ class LiveControl:
         return changes
 
     def apply_pending(self) -> None:
-        """In the compute thread, between actions: everything queued, in order."""
+        """In the compute thread, between actions: everything queued, in order; then a
+        reloaded bundle that finished loading takes over."""
         while True:
             try:
                 changes = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
             sampling = {k: v for k, v in changes.items() if k in SAMPLING_FIELDS}
             if sampling:
                 self.engine.set_sampling(replace(self.engine.config.sampling, **sampling))
-            if changes.get("scene") == "now":
-                self.engine.force_scene()
+            for name, value in changes.items():
+                if name in ACTIONS:
+                    ACTIONS[name](self, value)
+        self.reloader.swap_if_ready()
 
     def settings(self) -> dict:
-        """What ``GET /control`` answers: the sampling in use and the changes so far."""
+        """What ``GET /control`` answers: the sampling in use, the transport state, the bundle
+        playing and the last reload, and the changes so far."""
         s = asdict(self.engine.config.sampling)
         with self._lock:
             counts = dict(self.changes)
-        return {"sampling": {k: s[k] for k in SAMPLING_FIELDS}, "changes": counts}
+        return {"sampling": {k: s[k] for k in SAMPLING_FIELDS}, "transport": self.engine.transport.state,
+                **self.reloader.status(), "changes": counts}

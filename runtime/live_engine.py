@@ -26,6 +26,10 @@ re-priming the window on every chunk of a transition costs a prefill of ``keep``
 frames each time (seconds on CPU), and crossfading two streams doubles the decoder's
 work for the whole transition — neither fits a two-core real-time budget.
 ``transition_mode="reprime"`` keeps the re-prime path for comparison.
+
+Pause, resume and fade out (runtime.live_transport) shape the audio submitted; while
+paused no decoder runs and silence keeps the buffer full. A reloaded bundle
+(runtime.live_reload) takes over between two actions (:meth:`LiveEngine.swap_pipeline`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -42,13 +45,15 @@ import numpy as np
 from basics.errors import Img2MusicError
 from runtime.audio_sink import Resampler
 from runtime.generation import Windowing
-from runtime.live_budget import HEADROOM, ContextBudget, start_window
+from runtime.live_budget import ContextBudget, describe_start, start_window
+from runtime.live_config import LiveConfig
 from runtime.live_sources import FrameSource, default_fallback_image
+from runtime.live_transport import Transport
 from runtime.onnx_pipeline import Conditioning
 from runtime.playout import Playout
 from runtime.preprocess import preprocess_images
 from runtime.sampling import SamplingConfig
-from runtime.scene import FrameGate, SceneConfig, SceneTracker
+from runtime.scene import FrameGate, Scene, SceneTracker, blend
 from runtime.source_thread import SourceThread
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,8 @@ MAX_CHUNK_FRAMES = 100
 TRANSITION_STEP_SECONDS = 1.0
 """Music between two steps of a transition: each step is a cross_kv run (~60 ms on two
 cores), so one per second rather than one per chunk; four 1 s steps still sound gradual."""
+PAUSED_WAKE = 0.05
+"""Seconds the compute thread sleeps between looks at the buffer and the control while paused."""
 
 
 def next_action(now: float, buffered: float, target: float, next_look: float) -> tuple[str, float]:
@@ -71,64 +78,6 @@ def next_action(now: float, buffered: float, target: float, next_look: float) ->
     if now >= next_look:
         return "look", 0.0
     return "wait", max(0.002, min(next_look - now, buffered - target))
-
-
-@dataclass
-class LiveConfig:
-    chunk_frames: int = 25
-    """Code frames generated per chunk (50 per second); doubled while falling behind."""
-    buffer_seconds: float = 1.0
-    """Audio kept ahead of the sound card; also the pre-roll before sound starts."""
-    low_water: float = 0.15
-    """Seconds left in the ring at which the playout starts repeating audio."""
-    stall_seconds: float = 10.0
-    """Seconds without fresh music or any generator progress before the playout fades to silence."""
-    transition_seconds: float = 4.0
-    """Length of the conditioning blend after a scene change (0 = immediate swap)."""
-    transition_mode: str = "blend"
-    """'blend' (interpolate conditioning, keep the cache) or 'reprime' (re-prime per chunk)."""
-    embed_interval: float = 0.25
-    """Seconds between looks at the newest frame; CLIP runs only when its thumbnail moved
-    (scene.FrameGate), so a short interval costs little while the picture stands still."""
-    window_seconds: float | None = None
-    """Length of one generation window (None: the context budget chooses, at most MusicGen's
-    trained 30 s); capped by the bundle."""
-    keep_seconds: float | None = None
-    """Music carried into the next window as its prompt (None: the context budget chooses)."""
-    duration: float | None = None
-    """Stop after this many seconds of music (None: run until stopped)."""
-    stale_after: float = 3.0
-    """Seconds without a good frame before the source is reopened."""
-    first_frame_wait: float = 2.0
-    """Seconds to wait for the source's first frame before the music starts from the fallback image."""
-    fallback_image: np.ndarray | None = None
-    """(H, W, 3) RGB uint8 image the music starts from when the source has no frame yet
-    (None: :func:`runtime.live_sources.default_fallback_image`)."""
-    scene: SceneConfig = field(default_factory=SceneConfig)
-    """Scene-change detection."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Guidance, temperature, top-k/p and seed."""
-
-
-@dataclass
-class Scene:
-    conditioning: np.ndarray  # (1, N, D)
-    mask: np.ndarray  # (1, N)
-    directive: str | None
-    started: float  # monotonic time of the first frame that showed it
-
-
-def blend(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray], alpha: float):
-    """Conditioning part-way from ``old`` to ``new`` (alpha in [0, 1]); masks are unioned,
-    a token present on one side only is weighted by that side's share."""
-    if alpha >= 1.0:
-        return new
-    (oc, om), (nc, nm) = old, new
-    n = max(oc.shape[1], nc.shape[1])
-    oc, nc = (np.pad(c, ((0, 0), (0, n - c.shape[1]), (0, 0))) for c in (oc, nc))
-    om, nm = (np.pad(m, ((0, 0), (0, n - m.shape[1]))) for m in (om, nm))
-    cond = (1 - alpha) * oc * om[..., None] + alpha * nc * nm[..., None]  # (1, N, D)
-    return cond.astype(np.float32), np.maximum(om, nm)
 
 
 class LiveEngine:
@@ -158,6 +107,8 @@ class LiveEngine:
         self._last_frame_id = None
         self.frames_done = 0
         self.music_samples = 0  # fresh samples submitted at the model rate
+        self.transport = Transport(pipeline.sample_rate)
+        """Pause / resume / fade out (runtime.live_transport), applied to every chunk submitted."""
         self.embed_errors = 0
         self.fallback_used = False
         self.control = None
@@ -217,6 +168,10 @@ class LiveEngine:
         if self.stream is not None:
             self.stream.sampling = sampling
 
+    def _fallback(self) -> np.ndarray:
+        c = self.config
+        return c.fallback_image if c.fallback_image is not None else default_fallback_image()
+
     def _take_scene(self) -> Scene | None:
         scene, self._pending = self._pending, None
         return scene
@@ -236,8 +191,7 @@ class LiveEngine:
                 log.warning("no frame from %s after %.0f s (%s): playing from the fallback image until it delivers",
                             self.source.source.name, self.config.first_frame_wait, self.source.state)
                 self.fallback_used = True
-                self._embed(self.config.fallback_image if self.config.fallback_image is not None
-                            else default_fallback_image(), now)
+                self._embed(self._fallback(), now)
                 scene = self._take_scene()
                 if scene is not None:
                     return scene
@@ -255,13 +209,8 @@ class LiveEngine:
                                                 p.bundle.model.decoder.max_frames)
         start = time.perf_counter()
         window, rtf, costs, self.budget = start_window(p, first.conditioning, first.mask, c.sampling, configured)
-        self.report(f"context budget ({time.perf_counter() - start:.1f} s to measure: step {costs.step_base_ms:.1f} ms "
-                    f"+ {costs.step_per_position_ms * 1000:.2f} ms per 1000 positions, EnCodec "
-                    f"{costs.encodec_per_second_ms:.0f} ms/s): window {window.window_frames / p.frame_rate:.0f} s, "
-                    f"keep {window.keep_frames / p.frame_rate:.0f} s{' (as configured)' if configured else ''}, "
-                    f"projected RTF {rtf:.2f}"
-                    + ("" if rtf <= HEADROOM else " — above the headroom: this machine is too slow for "
-                       "this bundle, expect repeats"))
+        self.report(describe_start(costs, window, rtf, p.frame_rate, time.perf_counter() - start,
+                                   configured is not None))
         return window
 
     def _apply(self, scene: Scene) -> None:
@@ -271,8 +220,11 @@ class LiveEngine:
         self._transition = (self._applied, (scene.conditioning, scene.mask), 0, stages)
         self._next_stage_frame = self.frames_done
         self.scene = scene
-        start_sample = self.frames_done * self.hop * self.ratio
-        self.playout.mark(int(start_sample), "scene", scene.started)
+        self.playout.mark(self._fresh_position(), "scene", scene.started)
+
+    def _fresh_position(self) -> int:
+        """Where the next code frame's audio starts among the fresh samples (device rate)."""
+        return int((self.frames_done * self.hop + self.transport.silence_samples) * self.ratio)
 
     def _advance_transition(self) -> None:
         start = time.perf_counter()
@@ -313,17 +265,18 @@ class LiveEngine:
             first = self.wait_for_first_scene()
             self.scene, self._applied = first, (first.conditioning, first.mask)
             self.window = self._choose_window(first)
-            self.stream = self.pipeline.stream(conditioning=Conditioning(first.conditioning, first.mask),
-                                               sampling=c.sampling, chunk_frames=c.chunk_frames, window=self.window)
-            self.stream.on_step = self._on_step
+            self.stream = self._start_stream(first)
             total = None if c.duration is None else int(round(c.duration * self.pipeline.sample_rate))
             while not self.stop_event.is_set():
-                if total is not None and self.music_samples >= total:
+                if total is not None and self.audio_samples >= total:
                     break
                 if self.watch is not None:
                     self.watch.check()  # a dead or hung thread ends the run, non-zero
                 if self.control is not None:
-                    self.control.apply_pending()
+                    self.control.apply_pending()  # also swaps in a reloaded bundle
+                if self.transport.paused:
+                    self._paused_tick(total)
+                    continue
                 now = time.monotonic()
                 action, wait = next_action(now, self.playout.buffered(), self._target(), self._next_look)
                 if action == "look":
@@ -338,11 +291,54 @@ class LiveEngine:
                         self._advance_transition()
                         self._next_stage_frame = self.frames_done + TRANSITION_STEP_SECONDS * self.pipeline.frame_rate
                     self._generate(self._chunk(), total)
-            if total is not None and self.music_samples >= total:
+            if total is not None and self.audio_samples >= total:
                 self._finish()  # exactly S seconds: the stream is cut there, not ended
         finally:
             self.stop_event.set()
             self.source.stop()
+
+    def _start_stream(self, scene: Scene):
+        stream = self.pipeline.stream(conditioning=Conditioning(scene.conditioning, scene.mask),
+                                      sampling=self.config.sampling, chunk_frames=self.config.chunk_frames,
+                                      window=self.window)
+        stream.on_step = self._on_step
+        return stream
+
+    def swap_pipeline(self, pipeline) -> None:
+        """A reloaded bundle (runtime.live_reload) takes over at this chunk boundary: a new piece
+        from the newest frame embedded by its CLIP and projector (another decoder cannot go on
+        from this one's cache), crossfaded onto the old stream's last audio."""
+        frame, _, age = self.source.latest()
+        old, self.pipeline = self.pipeline, pipeline
+        try:
+            self._embed(self._fallback() if frame is None else frame, time.monotonic() - age, force=True)
+            scene = self._take_scene()
+            stream = self._start_stream(scene)
+        except Exception:
+            self.pipeline = old
+            raise
+        try:
+            tail = self.stream.encodec.flush()[0]  # the old stream's held-back last audio
+        except Img2MusicError:  # no chunk generated yet: nothing held back
+            tail = np.zeros(0, np.float32)
+        self.stream, self.scene, self._applied, self._transition = stream, scene, (scene.conditioning, scene.mask), None
+        self.transport.crossfade_from(tail)
+        self.playout.mark(self._fresh_position(), "bundle", scene.started)
+        log.info("bundle %s took over: a new piece from the newest frame%s", pipeline.bundle.root,
+                 f": {scene.directive}" if scene.directive else "")
+
+    def _paused_tick(self, total: int | None) -> None:
+        """Paused: no decoder, no looks. Silence keeps the buffer at its target, so the sound card,
+        the playout's ladder, the watchdog and the recording see audio flowing."""
+        short = self.config.buffer_seconds - self.playout.buffered()
+        if short > 0:
+            self._submit(np.zeros(int(short * self.pipeline.sample_rate) + self.hop, np.float32), total, silence=True)
+        self.stop_event.wait(PAUSED_WAKE)
+
+    @property
+    def audio_samples(self) -> int:
+        """Samples submitted at the model rate: music, and silence while paused (``duration`` counts both)."""
+        return self.music_samples + self.transport.silence_samples
 
     def _on_step(self) -> None:
         """After every decoder pass: the playout's heartbeat (slow is not stalled: no silence
@@ -369,11 +365,14 @@ class LiveEngine:
                 self.stream.generator.set_window(window)
                 self.window = window
 
-    def _submit(self, audio: np.ndarray, total: int | None) -> None:
+    def _submit(self, audio: np.ndarray, total: int | None, silence: bool = False) -> None:
         if total is not None:
-            audio = audio[: max(0, total - self.music_samples)]
-        self.music_samples += len(audio)
-        self.playout.submit(self.resampler(audio))
+            audio = audio[: max(0, total - self.audio_samples)]
+        if silence:
+            self.transport.silence_samples += len(audio)
+        else:
+            self.music_samples += len(audio)
+        self.playout.submit(self.resampler(self.transport.shape(audio)))
 
     def _finish(self) -> None:
         """Duration reached: the resampler's tail, then let the sink play everything out."""

@@ -10,7 +10,8 @@
 
 - ``/``: the status page (``runtime.live_page``: frame thumbnail, directive, buffer, RTF and
   degradation chart, scene log, source and sink state), live through ``/events``.
-- ``GET /control``: the sampling in use and the changes so far (JSON).
+- ``GET /control``: the sampling in use, the transport state (playing, fading, paused), the
+  bundle playing and the last reload, and the changes so far (JSON).
 - ``POST /control``: a JSON object of changes (``runtime.live_control``): 202 when
   accepted; 400 (bad JSON, unknown field, out of range), 409 (not possible now), 413 (over
   :data:`MAX_BODY` bytes) with a message and no effect on the music.
@@ -75,6 +76,9 @@ COUNTERS = {  # snapshot key -> (metric name without _total, help)
     "frames": ("img2music_source_frames", "Frames read from the source"),
     "recorded_s": ("img2music_recorded_seconds", "Seconds of music recorded"),
     "record_lost_s": ("img2music_record_lost_seconds", "Seconds of music not recorded (disk full)"),
+    "paused_s": ("img2music_paused_seconds", "Seconds of silence written while paused"),
+    "bundle_reloads": ("img2music_bundle_reloads", "Bundles swapped in while running"),
+    "bundle_reload_failures": ("img2music_bundle_reload_failures", "Bundle reloads that failed (the old one played on)"),
 }
 GAUGES = {
     "buffer_s": ("img2music_buffer_seconds", "Seconds of audio buffered ahead of the sound card"),
@@ -83,6 +87,7 @@ GAUGES = {
     "degrade_level": ("img2music_degrade_level", "Playout ladder: 0 normal, 1 cheaper, 2 repeat, 3 silence"),
     "first_audio_s": ("img2music_time_to_first_audio_seconds", "Seconds from start to the first audio out"),
     "uptime_s": ("img2music_uptime_seconds", "Seconds since the live run started"),
+    "paused": ("img2music_paused", "1 while paused (silence on purpose, no decoder), 0 while playing or fading"),
 }
 DEGRADE_STEPS = ("cheaper", "repeats", "silences")
 SOURCE_STATES = ("waiting", "open failed", "stalled", "streaming")

@@ -8,10 +8,16 @@ lighting desks, Max/MSP, TouchDesigner (``python-osc``'s threaded server).
 | ``/img2music/top_k`` | int | top-k (0: all) |
 | ``/img2music/top_p`` | float 0-1 | nucleus mass (0: off) |
 | ``/img2music/scene`` | none | the newest frame becomes the scene now |
+| ``/img2music/pause`` | none | fade out in 50 ms, then silence (the decoder rests) |
+| ``/img2music/resume`` | none | fade back in (50 ms) |
+| ``/img2music/fade_out`` | float 0.1-60 | fade out over that many seconds, then pause |
+| ``/img2music/bundle`` | string | load that engine bundle, swap it in when ready |
 
 OSC has no authentication: the server binds 127.0.0.1 unless a host is given, and anyone
 who can send it UDP packets can change the music. A message that is refused (unknown
-address, wrong argument) is logged once per address and changes nothing.
+address, wrong argument) is logged once per address and changes nothing. Addresses without
+an argument ignore any they are sent (a button's press and release both trigger them;
+pause and resume are harmless twice).
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from basics.errors import Img2MusicError
 log = logging.getLogger(__name__)
 
 PREFIX = "/img2music/"
-ADDRESSES = {"guidance": "guidance_scale", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
-             "scene": "scene"}
+ADDRESSES = {  # address after the prefix -> (control field, its value; None: the message's one argument)
+    "guidance": ("guidance_scale", None), "temperature": ("temperature", None), "top_k": ("top_k", None),
+    "top_p": ("top_p", None), "scene": ("scene", "now"), "pause": ("transport", "pause"),
+    "resume": ("transport", "resume"), "fade_out": ("fade_out", None), "bundle": ("bundle", None),
+}
 
 
 class LiveOscServer:
@@ -59,14 +68,15 @@ class LiveOscServer:
         from runtime.live_control import ControlError
 
         self.received += 1
-        name = ADDRESSES.get(address[len(PREFIX):]) if address.startswith(PREFIX) else None
+        route = ADDRESSES.get(address[len(PREFIX):]) if address.startswith(PREFIX) else None
         try:
-            if name is None:
+            if route is None:
                 raise ControlError(f"unknown address; known: {', '.join(PREFIX + a for a in ADDRESSES)}")
-            if name == "scene":
-                body = {"scene": "now"}
+            name, value = route
+            if value is not None:
+                body = {name: value}
             elif len(args) != 1:
-                raise ControlError(f"expects one number, got {len(args)} arguments")
+                raise ControlError(f"expects one argument, got {len(args)}")
             else:
                 body = {name: args[0]}
             self.control.submit(body, source="osc")

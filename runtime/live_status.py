@@ -70,8 +70,21 @@ def snapshot(engine, sink, started: float) -> dict:
         "sink_outage_s": round(getattr(sink, "outage_seconds", 0.0), 2),
         "sink_status_flags": getattr(sink, "status_flags", 0),
         "rss_mb": round(rss_mb(), 1),
+        "transport": engine.transport.state,
+        "paused": int(engine.transport.paused),
+        "paused_s": round(engine.transport.silence_samples / engine.pipeline.sample_rate, 3),
+        "bundle": str(engine.pipeline.bundle.root),
+        **_reload(engine.control),
         **_recording(p.recorder),
     }
+
+
+def _reload(control) -> dict:
+    if control is None:
+        return {}
+    r = control.reloader
+    return {"reload": r.state, "reload_error": r.error, "bundle_reloads": r.reloads,
+            "bundle_reload_failures": r.failures}
 
 
 def _recording(recorder) -> dict:
@@ -88,6 +101,10 @@ def status_line(s: dict) -> str:
             f"degrade L{s['degrade_level']} | rss {s['rss_mb']:.0f} MB")
     if s.get("source_state", "streaming") != "streaming":
         line += f" | source {s['source_state']}"
+    if s.get("transport", "playing") != "playing":
+        line += f" | {s['transport']}"
+    if s.get("reload") in ("loading", "failed"):
+        line += f" | bundle reload {s['reload']}"
     if s["directive"]:
         line += f" | {s['directive']}"
     return line
@@ -123,8 +140,7 @@ class StatusReporter:
         self.metrics_path, self.metrics_max_bytes, self.metrics_keep = metrics_path, metrics_max_bytes, metrics_keep
         self.metrics = open(metrics_path, "a", encoding="utf-8") if metrics_path else None
         self.build = {"version": version()}
-        if engine is not None:
-            self.build.update(bundle=str(engine.pipeline.bundle.root), precision=engine.pipeline.bundle.precision)
+        self._build_bundle()
         self.started = time.monotonic()
         self.first_audio_at: float | None = None
         """When audio first reached the sink (monotonic), None before."""
@@ -149,8 +165,15 @@ class StatusReporter:
         self._thread.start()
         return self
 
+    def _build_bundle(self) -> None:
+        """The bundle playing now (a reload changes it) into :attr:`build`."""
+        if self.engine is not None:
+            bundle = self.engine.pipeline.bundle
+            self.build.update(bundle=str(bundle.root), precision=bundle.precision)
+
     def report(self) -> dict:
         s = snapshot(self.engine, self.sink, self.started)
+        self._build_bundle()
         flowing = self._audio_flowing()
         s["first_audio_s"] = None if self.first_audio_at is None else round(self.first_audio_at - self.started, 2)
         self.last = s

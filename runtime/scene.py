@@ -16,6 +16,9 @@ The new scene's embedding is the mean of the confirming embeddings.
 Before CLIP, :class:`FrameGate` compares a 32x32 grey thumbnail with the one of the last
 embedded frame: a still room (sensor noise averages out in the thumbnail) costs no CLIP
 run at all, which on two cores is the difference between keeping up and falling behind.
+
+:class:`Scene` is what the music follows (conditioning, mask, directive); :func:`blend` is
+a transition's conditioning part-way from one scene to the next.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass
+class Scene:
+    """A scene the music can follow: its conditioning, directive and first sighting."""
+
+    conditioning: np.ndarray  # (1, N, D)
+    mask: np.ndarray  # (1, N)
+    directive: str | None
+    started: float  # monotonic time of the first frame that showed it
 
 
 @dataclass
@@ -127,3 +140,16 @@ class FrameGate:
             return True
         self.skipped += 1
         return False
+
+
+def blend(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray], alpha: float):
+    """Conditioning part-way from ``old`` to ``new`` (alpha in [0, 1]); masks are unioned,
+    a token present on one side only is weighted by that side's share."""
+    if alpha >= 1.0:
+        return new
+    (oc, om), (nc, nm) = old, new
+    n = max(oc.shape[1], nc.shape[1])
+    oc, nc = (np.pad(c, ((0, 0), (0, n - c.shape[1]), (0, 0))) for c in (oc, nc))
+    om, nm = (np.pad(m, ((0, 0), (0, n - m.shape[1]))) for m in (om, nm))
+    cond = (1 - alpha) * oc * om[..., None] + alpha * nc * nm[..., None]  # (1, N, D)
+    return cond.astype(np.float32), np.maximum(om, nm)

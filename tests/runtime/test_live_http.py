@@ -157,13 +157,10 @@ def _post(url: str, body, token: str | None = None, raw: bytes | None = None) ->
 
 
 def _fake_engine():
-    from runtime.sampling import SamplingConfig
+    from tests.runtime.test_live_transport import fake_engine
 
     applied = []
-    engine = SimpleNamespace(config=SimpleNamespace(sampling=SamplingConfig()), stream=None,
-                             source=SimpleNamespace(latest=lambda: (None, None, 0.0)),
-                             pipeline=SimpleNamespace(bundle=SimpleNamespace(model=SimpleNamespace(
-                                 decoder=SimpleNamespace(vocab_size=2048)))))
+    engine = fake_engine()
     engine.set_sampling = lambda s: (applied.append(s), setattr(engine.config, "sampling", s))
     return engine, applied
 

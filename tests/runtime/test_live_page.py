@@ -54,6 +54,8 @@ def test_status_page_in_a_headless_browser(tiny_bundle, browser, tmp_path):
         wait.until(lambda d: float(d.find_element(By.ID, "music").text.split()[0]) >= first + 2)  # it updates
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log li")) >= 1)  # a scene change logged
         assert browser.find_element(By.ID, "source").text == "streaming"
+        assert browser.find_element(By.ID, "transport").text == "playing"
+        assert browser.find_element(By.ID, "bundle").text == str(tiny_bundle)
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
         shot = os.environ.get("IMG2MUSIC_SCREENSHOT")
