@@ -9,8 +9,10 @@ Shapes (B2 = rows run together: 2B with classifier-free guidance, else B):
 - ``clip_vision``:   pixel_values (B, 3, S, S) -> image_embeds (B, D_clip)
 - ``projector``:     image_embeds (B, D_clip) -> conditioning (B, N, D_t5), conditioning_mask (B, N)
                      [+ directive_index (B,), directive_score (B,) for the prompt bank]
-- ``cross_kv``:      conditioning (B2, N, D_t5), conditioning_mask (B2, N) ->
+- ``t5_encoder``:    input_ids (B, T), attention_mask (B, T) -> text_hidden (B, T, D_t5) (zero where masked)
+- ``cross_kv``:      conditioning (B2, N, D_t5), conditioning_mask (B2, N), conditioning_log_weight (B2, N) ->
                      cross_key.{i} / cross_value.{i} (B2, H, N, 64), cross_attention_bias (B2, 1, 1, N)
+                     (the bias is the log weight where the mask is 1, the dtype's min where it is 0)
 - ``decoder_step``:  input_ids (B2, K, S), seqlens_k (B2,) int32 = cached + S - 1 (positions come
                      from it), total_sequence_length () int32 = cached + S (or the cache length: the
                      in-place cache ignores rows past seqlens_k), cross K/V + bias, past_key.{i} /
@@ -85,6 +87,15 @@ def projector_spec(clip_dim: int, num_tokens: int, text_dim: int, prompt_bank: b
     return GraphSpec("projector", (TensorSpec("image_embeds", "float32", ("batch", clip_dim)),), tuple(outputs))
 
 
+def t5_encoder_spec(text_dim: int) -> GraphSpec:
+    return GraphSpec(
+        "t5_encoder",
+        (TensorSpec("input_ids", "int64", ("batch", "tokens")),
+         TensorSpec("attention_mask", "int64", ("batch", "tokens"))),
+        (TensorSpec("text_hidden", "float32", ("batch", "tokens", text_dim)),),
+    )
+
+
 def attention_dtype(kv_cache_dtype: str) -> str:
     """The dtype of cross-attention K/V and bias for a decoder whose self-attention cache has
     ``kv_cache_dtype``: float16 graphs attend in float16 (GPU bundles), every other in float32."""
@@ -92,13 +103,16 @@ def attention_dtype(kv_cache_dtype: str) -> str:
 
 
 def cross_kv_spec(text_dim: int, num_layers: int, num_heads: int, head_dim: int, dtype: str = "float32") -> GraphSpec:
-    """The conditioning stays float32 in (it comes from the projector); K/V and bias come out in ``dtype``."""
+    """The conditioning stays float32 in (it comes from the projector); K/V and bias come out in ``dtype``.
+    ``conditioning_log_weight`` (log w) scales each token's share of the attention by w (a prompt
+    against the image; 0 everywhere: as transformers)."""
     outputs = cross_attention_inputs(num_layers, num_heads, head_dim, dtype)
     outputs.append(TensorSpec("cross_attention_bias", dtype, ("batch", 1, 1, "cond_len")))
     return GraphSpec(
         "cross_kv",
         (TensorSpec("conditioning", "float32", ("batch", "cond_len", text_dim)),
-         TensorSpec("conditioning_mask", "int64", ("batch", "cond_len"))),
+         TensorSpec("conditioning_mask", "int64", ("batch", "cond_len")),
+         TensorSpec("conditioning_log_weight", "float32", ("batch", "cond_len"))),
         tuple(outputs),
     )
 

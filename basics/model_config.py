@@ -94,6 +94,18 @@ class EncodecStreamConfig:
 
 
 @dataclass(frozen=True)
+class TextConfig:
+    """MusicGen's T5 text encoder in the bundle (``t5_encoder.onnx``) and its tokenizer."""
+
+    tokenizer_file: str
+    """The tokenizer in the ``tokenizers`` library's JSON format (appends T5's ``</s>``)."""
+    max_tokens: int
+    """Longest prompt in tokens, ``</s>`` included; longer prompts are refused, not cut."""
+    vocab_size: int
+    """Token ids the encoder's embedding holds."""
+
+
+@dataclass(frozen=True)
 class SamplingDefaults:
     """The checkpoint's own generation settings (its generation_config.json)."""
 
@@ -112,3 +124,5 @@ class ModelConfig:
     clip: ClipConfig
     encodec_stream: EncodecStreamConfig
     generation_defaults: SamplingDefaults
+    text: TextConfig | None = None
+    """The text prompt path; None for a bundle built with ``--no-text`` (or before prompts)."""

@@ -11,6 +11,8 @@ from benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
 from benchmarks.suite_config import SuiteConfig, benchmark_image
 from runtime.sampling import SamplingConfig
 
+BENCHMARK_PROMPT = "slow warm piano with soft strings, no drums, 70 bpm, melancholic"
+
 
 def measure_bundle(bundle: str, config: SuiteConfig, provider: str = "cpu") -> dict:
     from runtime.onnx_pipeline import OnnxPipeline
@@ -31,6 +33,13 @@ def measure_bundle(bundle: str, config: SuiteConfig, provider: str = "cpu") -> d
     cond, mask, _ = pipeline.project(embeds)
     gen = pipeline.generator
     stages["cross_kv"] = summarize_ms(time_calls(lambda: gen.start(cond, mask, sampling), w, r))
+    if pipeline.text is not None:  # the text path: T5 once per prompt change, then a longer cross_kv
+        ids = pipeline.text.token_ids(BENCHMARK_PROMPT)[None]  # (1, T)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        stages["t5_encoder"] = summarize_ms(time_calls(lambda: pipeline.text.session.run(None, feed), w, r))
+        joined = pipeline.condition([image], prompt=BENCHMARK_PROMPT)
+        stages["cross_kv_with_prompt"] = summarize_ms(time_calls(
+            lambda: gen.start(joined.conditioning, joined.mask, sampling, weight=joined.weight), w, r))
     steps = bench_onnx(pipeline, cond, mask, config.positions, sampling, w, r)
     for pos in config.positions:
         stages[f"decoder_step@{pos}"] = summarize_ms([t / 1e3 for t in steps[pos]["all_in_ms"]])

@@ -7,6 +7,8 @@ Metrics (guidance on, as the runtime runs):
 - greedy generation agreement: fraction of equal codes when each decoder generates
   greedily on its own (it drops after the first divergence, so it is the strictest);
 - CLIP image-embedding cosine, fp32 vs quantized vision tower;
+- T5 text-encoding cosine (per token, over real prompts), fp32 vs quantized, where the
+  bundle has a text encoder;
 - EnCodec output SNR when EnCodec is quantized (it is not: convolutions and LSTMs
   have no MatMulNBits path; reported as not quantized).
 
@@ -42,6 +44,8 @@ class Thresholds:
     """Mean cosine between fp32 and quantized CLIP image embeddings."""
     max_abs_logit_diff: float | None = None
     """Largest |guided score difference| to fp32 over the teacher-forced steps (None: not checked)."""
+    text_cosine: float = 0.99
+    """Mean per-token cosine between fp32 and quantized T5 encodings (8-bit weights in int8 and int4)."""
 
 
 THRESHOLDS = {
@@ -106,6 +110,17 @@ def clip_cosine(ref_session, test_session, pixels: np.ndarray) -> float:
     return float(cos.mean())
 
 
+def text_cosine(ref_session, test_session, tokenizer, prompts: list[str]) -> float:
+    """Mean over prompts and tokens of the cosine between two T5 encoders' outputs."""
+    cosines = []
+    for prompt in prompts:
+        ids = np.asarray([tokenizer.encode(prompt).ids], dtype=np.int64)  # (1, T)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        a, b = ref_session.run(None, feed)[0][0], test_session.run(None, feed)[0][0]  # (T, D)
+        cosines.append((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12))
+    return float(np.concatenate(cosines).mean())
+
+
 def check(precision: str, report: dict) -> list[str]:
     """Failures against the thresholds (empty when the precision passes)."""
     t = THRESHOLDS[precision]
@@ -119,6 +134,9 @@ def check(precision: str, report: dict) -> list[str]:
         failures.append(f"max |Δlogit| {report['teacher_forced']['max_abs_diff']:.4f} > {t.max_abs_logit_diff}")
     if report["clip"]["cosine"] < t.clip_cosine:
         failures.append(f"CLIP embedding cosine {report['clip']['cosine']:.4f} < {t.clip_cosine}")
+    text = report.get("text")
+    if text and text.get("cosine") is not None and text["cosine"] < t.text_cosine:
+        failures.append(f"T5 encoding cosine {text['cosine']:.4f} < {t.text_cosine}")
     return failures
 
 
@@ -145,6 +163,11 @@ def write_report(root: Path, report: dict) -> dict:
         f"| greedy generation agreement ({report['greedy']['frames']} frames) | {report['greedy']['agreement']:.4f} | |",
         f"| CLIP embedding cosine | {report['clip']['cosine']:.5f} | >= {report['thresholds']['clip_cosine']} |",
         f"| EnCodec SNR | {report['encodec']['note']} | |",
+    ]
+    text = report.get("text") or {}
+    lines += [f"| T5 encoding cosine ({text.get('prompts')} prompts) | "
+              + (f"{text['cosine']:.5f} | >= {report['thresholds']['text_cosine']} |" if text.get("cosine") is not None
+                 else f"{text.get('note', 'no text encoder in this bundle')} | |"),
         "",
         f"Result: {'PASS' if not report['failures'] else 'FAIL: ' + '; '.join(report['failures'])}",
         "",
@@ -152,5 +175,5 @@ def write_report(root: Path, report: dict) -> dict:
     (root / "accuracy_report.md").write_text("\n".join(lines))
     return {"teacher_forced_agreement": tf["agreement"], "kl_mean": tf["kl_mean"],
             "max_abs_logit_diff": tf["max_abs_diff"], "greedy_agreement": report["greedy"]["agreement"],
-            "clip_cosine": report["clip"]["cosine"],
+            "clip_cosine": report["clip"]["cosine"], "text_cosine": text.get("cosine"),
             "passed": not report["failures"]}

@@ -2,9 +2,10 @@
 
 Steps: representative images -> fp32 CLIP + projector -> conditionings. int8/int4: fp32
 generations -> per-channel KV scales; MatMulNBits weights for decoder_step (8 or 4
-bit) and clip_vision (8 bit); an int8 KV cache in decoder_step. fp16 (GPU bundles):
-decoder_step, cross_kv and clip_vision in float16 (calibration/half_precision.py), no
-calibration. Then the accuracy report against fp32 (the build fails under the
+bit), clip_vision and t5_encoder (8 bit); an int8 KV cache in decoder_step. fp16 (GPU
+bundles): decoder_step, cross_kv and clip_vision in float16 (calibration/half_precision.py),
+no calibration; t5_encoder stays float32 there (T5's activations are known to overflow
+float16, and it runs once per prompt change). Then the accuracy report against fp32 (the build fails under the
 thresholds) and the fp32 graphs are replaced. Deterministic for a seed: same images,
 same seeds, same scales. The report runs on the CPU provider: for fp16 that measures the
 graphs' float16 weights and storage, while ops the CPU provider has no float16 kernel
@@ -24,7 +25,15 @@ from basics.errors import Img2MusicError
 from basics.graph_specs import LM_HEADS_NODE
 from basics.model_config import DecoderConfig
 from basics.onnx_files import save_model
-from calibration.accuracy import THRESHOLDS, check, clip_cosine, greedy_agreement, teacher_forced, write_report
+from calibration.accuracy import (
+    THRESHOLDS,
+    check,
+    clip_cosine,
+    greedy_agreement,
+    teacher_forced,
+    text_cosine,
+    write_report,
+)
 from calibration.half_precision import KEEP_FLOAT32_IO, to_float16
 from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
 from calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
@@ -112,6 +121,7 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
         "greedy": {"agreement": greedy, "frames": frames},
         "clip": {"cosine": cosine, "images": int(min(options.clip_images, len(pixels)))},
         "encodec": {"quantized": False, "snr_db": None, "note": "not converted (fp32): identical to fp32"},
+        "text": _text_accuracy(root, tmp),
     }
     data["failures"] = check(options.precision, data)
     summary = write_report(root, data)
@@ -135,6 +145,21 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
         np.savez(root / KV_SCALES_FILE, scales=scales.scales, absmax=scales.absmax,
                  decoder_step_sha256=np.array(sha256_file(root / "decoder_step.onnx")))
     return sections | {"precision": options.precision, "accuracy": summary}
+
+
+def _text_accuracy(root: Path, tmp: Path, prompts: int = 16) -> dict | None:
+    """fp32 vs converted T5 on the prompt bank's directives (None: no text encoder in the bundle)."""
+    if not (root / "t5_encoder.onnx").exists():
+        return None
+    if not (tmp / "t5_encoder.onnx").exists():
+        return {"cosine": None, "prompts": 0, "note": "not converted (fp32): identical to fp32"}
+    from basics.prompt_bank import load_directives
+    from runtime.text_encoder import TOKENIZER_FILE, load_tokenizer
+
+    texts = load_directives()[:prompts]
+    cosine = text_cosine(create_session(root / "t5_encoder.onnx"), create_session(tmp / "t5_encoder.onnx"),
+                         load_tokenizer(root / TOKENIZER_FILE), texts)
+    return {"cosine": cosine, "prompts": len(texts)}
 
 
 def _providers(provider: str) -> list[str]:
@@ -184,24 +209,30 @@ def _quantized_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, fp32
                                   block_size=CLIP_BLOCK_SIZE)
     save_model(decoder_model, tmp / "decoder_step.onnx")
     save_model(clip_model, tmp / "clip_vision.onnx")
+    text = (root / "t5_encoder.onnx").exists()
+    if text:  # the same 8-bit weights as CLIP: T5 runs once per prompt change, its size is what matters
+        save_model(quantize_weights(onnx.load(str(root / "t5_encoder.onnx"), load_external_data=True), 8,
+                                    block_size=CLIP_BLOCK_SIZE), tmp / "t5_encoder.onnx")
     generator = CodeGenerator(OrtDecoderSession(create_session(tmp / "decoder_step.onnx"),
                                                 fp32_generator.decoder.cross_kv_session, decoder_config, kv.scales))
     block = BLOCK_SIZE[bits]
     sections = {
         "weights": f"decoder_step MatMulNBits {bits}-bit (block {block}, symmetric"
                    + (", searched scales, output heads 8-bit" if bits < 8 else "")
-                   + f"), clip_vision 8-bit (block {CLIP_BLOCK_SIZE})",
+                   + f"), clip_vision{' and t5_encoder' if text else ''} 8-bit (block {CLIP_BLOCK_SIZE})",
         "kv_cache_note": "int8, per-channel scales from calibration",
         "quantization": {
             "method": "onnxruntime MatMulNBits (symmetric, accuracy_level 4)",
             "graphs": {"decoder_step": {"bits": bits, "block_size": block, "output_heads_bits": 8,
                                         "scales": "per-block search" if bits < 8 else "absmax"},
-                       "clip_vision": {"bits": 8, "block_size": CLIP_BLOCK_SIZE}},
+                       "clip_vision": {"bits": 8, "block_size": CLIP_BLOCK_SIZE}}
+                      | ({"t5_encoder": {"bits": 8, "block_size": CLIP_BLOCK_SIZE}} if text else {}),
         },
         "kv_cache": {"dtype": "int8", "granularity": "per-channel (layer, k/v, head, dim)",
                      "scales_file": KV_SCALES_FILE},
         "calibration": {k: v for k, v in kv.provenance.items() if k != "image_names"} | {"num_images": len(images)},
-        "graph_precisions": {"decoder_step": options.precision, "clip_vision": "int8"},
+        "graph_precisions": {"decoder_step": options.precision, "clip_vision": "int8"}
+                            | ({"t5_encoder": "int8"} if text else {}),
         "kv_scales": kv,
     }
     return sections, generator

@@ -20,7 +20,7 @@ import onnx
 
 KEEP_FLOAT32_IO = {
     "decoder_step": ["logits"],
-    "cross_kv": ["conditioning"],
+    "cross_kv": ["conditioning", "conditioning_log_weight"],
     "clip_vision": True,
 }
 """Per converted graph: the inputs/outputs left float32 (True: all of them)."""

@@ -9,15 +9,16 @@ Usage::
 
 Writes clip_vision, projector (the prompt bank's selection, or a trained projector with
 --projector), cross_kv, decoder_step (in-place GroupQueryAttention KV cache) and the two
-graphs of the exact streaming EnCodec decoder (encodec_stream_front/back) as ONNX,
-validates each against its torch module (one ✓/✗ line per output; any ✗ fails the
+graphs of the exact streaming EnCodec decoder (encodec_stream_front/back) as ONNX, and
+MusicGen's T5 text encoder with its tokenizer for ``--prompt`` (t5_encoder, tokenizer.json;
+``--no-text`` leaves them out), validates each against its torch module (one ✓/✗ line per output; any ✗ fails the
 build) and writes manifest.json with configs, hashes and versions
 (``export.bundle_build``). The bundle is assembled in ``<out>.partial`` and renamed at
 the end, so a failed or interrupted build leaves nothing half-written under ``--out``.
 
 ``--precision int8|int4`` then calibrates (calibration/): fp32 generations over
 representative images give per-channel int8 KV cache scales, decoder_step gets 8- or
-4-bit MatMulNBits weights and an int8 cache, clip_vision 8-bit weights. ``--precision
+4-bit MatMulNBits weights and an int8 cache, clip_vision and t5_encoder 8-bit weights. ``--precision
 fp16`` makes a GPU bundle: decoder_step, cross_kv and clip_vision in float16. Either
 way an accuracy report against fp32 (accuracy_report.json/.md) gates the build.
 ``--tensorrt`` (fp16, on the target GPU) adds TensorRT engines for ONNX Runtime's
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-image-limit", type=int, default=None, help="use only the first N augmented images")
     c.add_argument("--calibration-steps", type=int, default=250, help="decoder steps per calibration generation")
     c.add_argument("--report-steps", type=int, default=250, help="steps of the accuracy report's generations")
+    p.add_argument("--no-text", action="store_true",
+                   help="leave out the T5 text encoder (no --prompt with this bundle; t5-base is ~110M parameters)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
     p.add_argument("--seed", type=int, default=0, help="seed for preset weights and validation inputs")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -113,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         manifest = build_bundle(partial, models, seed=args.seed, report=lambda line: print(line, flush=True),
-                                quantization=quantization, projector_checkpoint=args.projector)
+                                quantization=quantization, projector_checkpoint=args.projector,
+                                text=not args.no_text)
         if args.tensorrt:
             from export.tensorrt_cache import build_engine_cache
 

@@ -4,11 +4,12 @@
 demo and the benchmarks call it directly. Writes clip_vision, projector (the prompt
 bank's selection, or a trained projector), cross_kv, decoder_step (in-place
 GroupQueryAttention KV cache) and the two graphs of the exact streaming EnCodec decoder
-(encodec_stream_front/back), validates each against its torch module (one ✓/✗ line per
-output; any ✗ fails the build) and writes manifest.json with configs, hashes and
-versions. T5 never enters the bundle: the prompt bank's T5 encodings are computed
-here. With quantization options the fp32 graphs are then calibrated and quantized
-(calibration/).
+(encodec_stream_front/back) and, unless ``text=False``, MusicGen's T5 encoder with its
+tokenizer for text prompts (t5_encoder, tokenizer.json); validates each against its torch
+module (one ✓/✗ line per output; any ✗ fails the build) and writes manifest.json with
+configs, hashes and versions. The prompt bank's T5 encodings are computed here (an image
+needs no T5 at run time). With quantization options the fp32 graphs are then calibrated
+and quantized (calibration/).
 
 No full-sequence EnCodec graph: a stream of any chunk size equals the full decode
 (validated here at >= 90 dB), so one EnCodec serves batch and live generation and the
@@ -41,11 +42,12 @@ class _Steps:
 
 
 def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None, quantization=None,
-                 projector_checkpoint: str | None = None) -> dict:
+                 projector_checkpoint: str | None = None, text: bool = True) -> dict:
     """Export, validate and describe every graph into ``out`` (which must not exist); returns
     the manifest as written. ``report`` receives progress and ✓/✗ lines (default: the log);
     ``quantization``: ``calibration.build_quantized.QuantizationOptions`` for fp16/int8/int4;
-    ``projector_checkpoint``: a train.py checkpoint replacing the prompt bank."""
+    ``projector_checkpoint``: a train.py checkpoint replacing the prompt bank; ``text=False``
+    leaves the text encoder out (image-only bundles, ~110M parameters smaller for t5-base)."""
     import torch
 
     from basics.graph_specs import (
@@ -55,14 +57,16 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         decoder_step_spec,
         encodec_stream_specs,
         projector_spec,
+        t5_encoder_spec,
     )
     from basics.onnx_files import save_model
-    from basics.prompt_bank import PromptBankProjector, build_prompt_bank
+    from basics.prompt_bank import PromptBankProjector, build_prompt_bank, load_directives
     from export.bundle_writer import write_manifest
     from export.cross_kv import build_cross_kv
     from export.decoder_step import build_decoder_step
     from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
     from export.prompt_bank_graph import build_prompt_bank_graph
+    from export.text_encoder import export_text_encoder
     from export.torch_export import ClipVisionGraph, ProjectorGraph, export_module
     from export.validation import (
         validate_clip,
@@ -70,12 +74,13 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         validate_decoder_step,
         validate_encodec_stream,
         validate_projector,
+        validate_text_encoder,
     )
     from runtime.onnx_session import create_session
     from runtime.ort_decoder_session import OrtDecoderSession
 
     report = report or log.info
-    step = _Steps(7 if quantization is None else 8, report)
+    step = _Steps(7 + (quantization is not None) + text, report)
     out.mkdir(parents=True)
     mg = models.musicgen
     decoder_config = models.decoder_config()
@@ -144,6 +149,15 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     run_checks(validate_encodec_stream(create_session(out / "encodec_stream_front.onnx"),
                                        create_session(out / "encodec_stream_back.onnx"), models, seed=seed))
 
+    text_config = None
+    if text:
+        step("t5_encoder.onnx + tokenizer.json (text prompts)")
+        text_config = export_text_encoder(models, out)
+        specs["t5_encoder"] = t5_encoder_spec(text_dim)
+        prompts = (directives or load_directives())[:6] + ["slow jazz piano", "warm strings, no drums, 60 bpm"]
+        run_checks(validate_text_encoder(create_session(out / "t5_encoder.onnx"), out / text_config.tokenizer_file,
+                                         models, prompts))
+
     failed = [c for c in checks if not c.ok]
     if failed:
         raise Img2MusicError(f"export validation failed for {len(failed)} output(s): "
@@ -160,7 +174,8 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
                                                   d.head_dim, kv_cache_dtype=cache)
         specs["cross_kv"] = cross_kv_spec(text_dim, d.num_layers, d.num_heads, d.head_dim, attention_dtype(cache))
     step("manifest.json (hashes, configs, versions)")
-    return write_manifest(out, specs, models, directives, num_tokens, checks, quantized, projector=trained)
+    return write_manifest(out, specs, models, directives, num_tokens, checks, quantized, projector=trained,
+                          text=text_config)
 
 
 def load_trained_projector(path: str, clip_dim: int, text_dim: int):

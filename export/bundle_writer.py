@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from basics.graph_specs import GraphSpec
-from basics.model_config import ClipConfig, ConditioningConfig, EncodecStreamConfig, ModelConfig
+from basics.model_config import ClipConfig, ConditioningConfig, EncodecStreamConfig, ModelConfig, TextConfig
 from export.onnx_graph import OPSET
 from runtime.bundle import sha256_file
 from runtime.bundle_manifest import (
@@ -48,9 +48,10 @@ def file_entries(root: Path) -> dict[str, FileEntry]:
 
 def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_directives: list[str] | None,
                    num_tokens: int, validation: list, quantized: dict | None = None,
-                   projector: dict | None = None) -> dict:
+                   projector: dict | None = None, text: TextConfig | None = None) -> dict:
     """``quantized``: the sections ``calibration.build_quantized.quantize_bundle`` returned;
-    ``projector``: a trained projector's kind and provenance (None: the prompt bank).
+    ``projector``: a trained projector's kind and provenance (None: the prompt bank);
+    ``text``: the text encoder's section (None: a bundle without prompts).
     Returns the manifest as written (a JSON dict)."""
     from export.encodec_stream import lstm_shape
 
@@ -68,6 +69,7 @@ def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_direct
         clip=ClipConfig(embed_dim=int(models.clip.config.projection_dim), image=models.image_config),
         encodec_stream=EncodecStreamConfig(lstm_layers, lstm_channels),
         generation_defaults=models.sampling_defaults(),
+        text=text,
     )
     provenance = Provenance(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

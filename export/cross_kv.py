@@ -7,6 +7,14 @@ K and V come out as (B2, H, N, 64), the layout MultiHeadAttention takes for
 precomputed keys and values. The additive mask uses float32's min, not -inf, so a fully
 masked row (the guidance null branch) gives uniform weights over zero values
 (output exactly 0, as in transformers) instead of NaN.
+
+``conditioning_log_weight`` log(w) is added to the attention scores of a token: its share
+of the attention is w times what it would be otherwise, before the softmax renormalises.
+That is how a text prompt is weighed against the image's tokens
+(``runtime.conditioning``); all zeros is plain transformers, a very negative value drops
+the token. The runtime takes the log (of w floored at 1e-30: log 0 would be -inf and a
+fully masked row NaN) because the values stay representable in float16 bundles, where a
+1e-30 inside the graph would round to 0.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ def build_cross_kv(musicgen) -> "onnx.ModelProto":  # noqa: F821
     g = GraphBuilder("cross_kv")
     g.input("conditioning", FLOAT, spec.inputs[0].shape)
     g.input("conditioning_mask", INT64, spec.inputs[1].shape)
+    g.input("conditioning_log_weight", FLOAT, spec.inputs[2].shape)
 
     states = "conditioning"  # (B2, N, D_t5)
     proj = getattr(musicgen, "enc_to_dec_proj", None)
@@ -45,8 +54,9 @@ def build_cross_kv(musicgen) -> "onnx.ModelProto":  # noqa: F821
         v = g.op("Reshape", [g.op("MatMul", [states, g.weight(f"layers.{i}.v", linear_weight(ca.v_proj))]), split_heads])
         g.output(g.op("Transpose", [k], perm=[0, 2, 1, 3]), f"cross_key.{i}", FLOAT, spec.outputs[2 * i].shape)
         g.output(g.op("Transpose", [v], perm=[0, 2, 1, 3]), f"cross_value.{i}", FLOAT, spec.outputs[2 * i + 1].shape)
-    # (mask - 1) * |min|: 0 where attended, float32 min where masked.
+    # (mask - 1) * |min| + mask * log(w): log(w) where attended, float32 min where masked.
     bias = g.op("Mul", [g.op("Sub", [mask, g.const(1.0, np.float32)]), g.const(-FLOAT32_MIN, np.float32)])
+    bias = g.op("Add", [bias, g.op("Mul", [mask, "conditioning_log_weight"])])  # (B2, N)
     bias = g.op("Unsqueeze", [bias, g.const([1, 2])])  # (B2, 1, 1, N)
     g.output(bias, "cross_attention_bias", FLOAT, spec.outputs[-1].shape)
     return g.model({"graph": "cross_kv"})

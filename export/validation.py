@@ -97,9 +97,15 @@ def validation_conditioning(models, batch: int, cond_len: int, seed: int):
 def validate_cross_kv(session, models, batch: int = 2, cond_len: int = 7, seed: int = 0) -> list[OutputCheck]:
     import torch
 
+    from runtime.conditioning import log_weights
+
     cond, mask = validation_conditioning(models, batch, cond_len, seed)
+    # row 0 weighs its last attended token by 2.5 and its first by 0 (floored): a prompt's weighting
+    weight = np.ones(mask.shape, dtype=np.float32)
+    weight[0, cond_len // 2 - 1], weight[0, 0] = 2.5, 0.0
     names = [o.name for o in session.get_outputs()]
-    outs = session.run(names, {"conditioning": cond, "conditioning_mask": mask})
+    outs = session.run(names, {"conditioning": cond, "conditioning_mask": mask,
+                               "conditioning_log_weight": log_weights(weight)})
     mg = models.musicgen
     with torch.no_grad():
         states = torch.from_numpy(cond)
@@ -112,8 +118,8 @@ def validate_cross_kv(session, models, batch: int = 2, cond_len: int = 7, seed: 
             k = layer.encoder_attn.k_proj(states).unflatten(-1, (heads, -1))  # (B2, N, H, 64)
             v = layer.encoder_attn.v_proj(states).unflatten(-1, (heads, -1))
             expected += [k.permute(0, 2, 1, 3).numpy(), v.permute(0, 2, 1, 3).numpy()]
-    bias = np.where(mask == 1, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
-    expected.append(bias)
+    bias = np.where(mask == 1, np.log(np.maximum(weight, 1e-30)), np.finfo(np.float32).min)
+    expected.append(bias.astype(np.float32)[:, None, None, :])
     return compare("cross_kv", names, outs, expected)
 
 
@@ -205,3 +211,22 @@ def validate_encodec_stream(front_session, back_session, models, batch: int = 2,
 
 STREAM_MIN_SNR_DB = 90.0
 
+
+
+def validate_text_encoder(session, tokenizer_path, models, prompts: list[str]) -> list[OutputCheck]:
+    """t5_encoder vs transformers' T5 on real prompts (padded batch), and the bundle's tokenizer
+    (``tokenizers`` alone, as the runtime reads it) vs transformers' tokenizer, id for id."""
+    import torch
+
+    from runtime.text_encoder import load_tokenizer
+
+    batch = models.t5_tokenizer(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = models.musicgen.text_encoder(**batch).last_hidden_state * batch["attention_mask"][..., None]
+    outs = session.run(None, {"input_ids": batch["input_ids"].numpy(), "attention_mask": batch["attention_mask"].numpy()})
+    checks = compare("t5_encoder", ["text_hidden"], outs, [ref.numpy()])
+    tokenizer = load_tokenizer(tokenizer_path)
+    differ = sum(tokenizer.encode(p).ids != models.t5_tokenizer(p)["input_ids"] for p in prompts)
+    checks.append(OutputCheck("tokenizer", "ids_vs_transformers", float(differ), 0.0,
+                              detail=f"{len(prompts) - differ} of {len(prompts)} prompts tokenized identically"))
+    return checks

@@ -29,7 +29,7 @@ from basics.errors import Img2MusicError
 from basics.graph_specs import GraphSpec
 from basics.model_config import ModelConfig
 from runtime.bundle import Bundle, check_decoder_config, check_session
-from runtime.bundle_manifest import RUNTIME_GRAPHS
+from runtime.bundle_manifest import RUNTIME_GRAPHS, TEXT_GRAPH
 from runtime.decoder_session import DecoderSession
 from runtime.onnx_session import create_session, onnxruntime
 
@@ -132,10 +132,12 @@ def tensorrt_profile(spec: GraphSpec, model: ModelConfig, max_images: int = TENS
     """{input: ((min), (opt), (max)) shapes} for every input with a dynamic axis.
 
     batch: guidance doubles the rows (1..2*max_images, opt 2); cond_len: 1..the projector's
-    N tokens (the prompt bank pads to its longest directive); frames: one EnCodec chunk;
+    N tokens (the prompt bank pads to its longest directive) plus the longest text prompt
+    where the bundle has one; frames: one EnCodec chunk;
     window: a chunk's code frames plus the first convolution's 3 + 3 context frames."""
     cond = model.conditioning.num_tokens
-    axes = {"batch": (1, 2, 2 * max_images), "cond_len": (1, cond, cond), "frames": (1, 50, max_chunk + 8),
+    longest = cond + (model.text.max_tokens if model.text is not None else 0)
+    axes = {"batch": (1, 2, 2 * max_images), "cond_len": (1, cond, longest), "frames": (1, 50, max_chunk + 8),
             "window": (7, 56, max_chunk + 14)}
     ranges = {}
     for t in spec.inputs:
@@ -155,7 +157,7 @@ def open_sessions(bundle: Bundle, options: SessionOptions = SessionOptions()) ->
     check_provider(bundle, options.provider)
     cuda_graph = options.provider != "cpu" and options.cuda_graph
     graphs = {}
-    for name in RUNTIME_GRAPHS:
+    for name in RUNTIME_GRAPHS + ((TEXT_GRAPH,) if bundle.model.text is not None else ()):
         if name == "decoder_step" and cuda_graph:
             try:
                 graphs[name] = _session(bundle, name, options, cuda_graph=True)

@@ -24,6 +24,7 @@ from runtime.bundle_manifest import (
     MANIFEST,
     READABLE_SCHEMAS,
     RUNTIME_GRAPHS,
+    TEXT_GRAPH,
     BundleManifest,
     GraphEntry,
     ManifestError,
@@ -110,7 +111,7 @@ def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
         manifest = BundleManifest.from_dict(data)
     except ManifestError as exc:
         raise Img2MusicError(f"corrupt bundle manifest {path}: {exc}") from exc
-    for name in RUNTIME_GRAPHS:
+    for name in RUNTIME_GRAPHS + ((TEXT_GRAPH,) if manifest.model.text is not None else ()):
         graph = manifest.graphs.get(name)
         if graph is None or graph.file not in manifest.files:
             raise Img2MusicError(f"corrupt bundle manifest {path}: graph {name!r} is missing or not listed in files")
@@ -130,6 +131,9 @@ def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
             )
         if verify_hashes and sha256_file(file) != entry.sha256:
             raise Img2MusicError(f"bundle file {name} does not match its sha256 in the manifest (corrupt or edited)")
+    text = manifest.model.text
+    if text is not None and text.tokenizer_file not in manifest.files:
+        raise Img2MusicError(f"corrupt bundle manifest {path}: the tokenizer {text.tokenizer_file!r} is not listed in files")
     return Bundle(root, manifest)
 
 

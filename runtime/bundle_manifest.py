@@ -31,6 +31,8 @@ MANIFEST = "manifest.json"
 RUNTIME_GRAPHS = ("clip_vision", "projector", "cross_kv", "decoder_step", "encodec_stream_front",
                   "encodec_stream_back")
 """The graphs the runtime runs; a bundle may list more (schema 1's encodec_decode, TensorRT's)."""
+TEXT_GRAPH = "t5_encoder"
+"""Run too when the bundle has a text path (``model.text``)."""
 
 
 class ManifestError(Img2MusicError):

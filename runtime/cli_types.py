@@ -66,3 +66,35 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str = "sa
                         help="keep the k most likely tokens (0 = all)")
     parser.add_argument("--top-p", type=unit_interval, default=d.top_p, help="nucleus sampling mass (0 = off)")
     parser.add_argument("--seed", type=int, default=d.seed, help=seed_help)
+
+
+def prompt_text(text: str) -> str:
+    """A --prompt: words, not only white space (the prompt's length is checked against the bundle's limit later)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the prompt is empty: give some words, e.g. --prompt \"slow warm piano\"")
+    return text.strip()
+
+
+def add_prompt_arguments(parser) -> None:
+    """--prompt and --prompt-weight, as generate.py and live.py take them (``runtime.conditioning``)."""
+    from runtime.conditioning import PROMPT_WEIGHT_RANGE
+
+    low, high = PROMPT_WEIGHT_RANGE
+    parser.add_argument("--prompt", type=prompt_text, default=None, metavar="TEXT",
+                        help="text prompt, e.g. \"slow, warm, no drums\": with an image it joins the image's "
+                             "conditioning, alone it is plain MusicGen text-to-music (bundles: built with text)")
+    parser.add_argument("--prompt-weight", type=number(float, low, high), default=None, metavar="W",
+                        help=f"how much the prompt counts against the image, {low:g}..{high:g}: 1 joins them as "
+                             "MusicGen would, 0 ignores the prompt, 2 doubles its share of the attention (default 1)")
+
+
+def check_prompt_arguments(args, has_image: bool) -> float:
+    """The prompt weight to use; one clear error for a weight that has nothing to weigh."""
+    from basics.errors import Img2MusicError
+
+    if args.prompt_weight is not None and args.prompt is None:
+        raise Img2MusicError("--prompt-weight needs --prompt")
+    if args.prompt_weight is not None and not has_image:
+        raise Img2MusicError("--prompt-weight weighs the prompt against an image; without --image it has nothing "
+                             "to weigh against")
+    return 1.0 if args.prompt_weight is None else args.prompt_weight

@@ -33,10 +33,13 @@ class DecoderSession(ABC):
     step at a given cache length (the rows before it then hold whatever is in memory)."""
 
     @abstractmethod
-    def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool = True) -> None:
+    def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool = True,
+                         weight: np.ndarray | None = None) -> None:
         """Cross-attention K/V for (B2, N, D_t5) conditioning + (B2, N) mask, computed once and
         kept until the next call. Starts an empty cache unless ``reset`` is False (a live
-        transition keeps the music so far; the batch must then stay the same)."""
+        transition keeps the music so far; the batch must then stay the same). ``weight``
+        (B2, N): each token's attention weight (None: all 1, as transformers; see
+        ``runtime.conditioning``)."""
 
     @abstractmethod
     def step(self, input_ids: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""One-shot generation: image files -> WAV files, with per-stage timings.
+"""One-shot generation: image files and/or a text prompt -> WAV files, with per-stage timings.
 
 Usage::
 
     python runtime/generate.py --preset tiny --image photo.jpg --seconds 5 --out out/
+    python runtime/generate.py --engines engines/small --image photo.jpg --prompt "slow jazz piano" --out out/
+    python runtime/generate.py --engines engines/small --prompt "slow jazz piano" --out out/  # text alone
     python runtime/generate.py --engines engines/small --image photo.jpg --seconds 10 --out out/
     python runtime/generate.py --musicgen facebook/musicgen-small \\
         --clip openai/clip-vit-base-patch32 --image a.jpg --image b.png --seconds 10 --out out/
@@ -12,9 +14,11 @@ works: past MusicGen's trained 30 s, windows are re-primed from their last secon
 (``--window-seconds`` / ``--keep-seconds``), and the audio is written as it is made
 (Ctrl-C keeps valid WAVs of what was made). Otherwise the PyTorch reference pipeline
 runs the models directly (transformers ``generate``: one window, at most ~40 s). Every
-image gets ``<stem>.wav`` (float32, the model's sample rate) in ``--out``; the chosen
-prompt-bank directive is printed per image. Bad input (missing/unreadable image, bad
-duration, unwritable output) is reported before any model is loaded.
+image gets ``<stem>.wav`` (float32, the model's sample rate) in ``--out`` (a prompt alone:
+``prompt.wav``); the chosen prompt-bank directive is printed per image. ``--prompt`` joins
+every image's conditioning (``runtime.conditioning`` says how, ``--prompt-weight`` how much).
+Bad input (missing/unreadable image, bad duration, empty prompt, unwritable output) is
+reported before any model is loaded.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
 from basics.presets import PRESETS  # plain data: imports neither torch nor transformers
 from runtime.audio_files import WavRecorder, prepare_output_dir, printable, wav_names
-from runtime.cli_types import add_provider_arguments, add_sampling_arguments, positive, positive_float
+from runtime.cli_types import (
+    add_prompt_arguments,
+    add_provider_arguments,
+    add_sampling_arguments,
+    check_prompt_arguments,
+    positive,
+    positive_float,
+)
 from runtime.preprocess import check_images
 from runtime.sampling import SamplingConfig
 
@@ -43,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn images into music (one WAV per image).",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--image", action="append", required=True, metavar="PATH",
-                   help="image file; repeat for a batch (one WAV each)")
+    p.add_argument("--image", action="append", default=None, metavar="PATH",
+                   help="image file; repeat for a batch (one WAV each); optional with --prompt")
+    add_prompt_arguments(p)
     p.add_argument("--seconds", type=positive_float, default=5.0, help="length of the music per image, in seconds")
     p.add_argument("--out", default="out", help="output directory for the WAV files")
     src = p.add_argument_group("models: an engine bundle, a preset, or checkpoints "
@@ -80,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sum(bool(x) for x in (args.engines, args.preset, args.musicgen or args.clip)) > 1:
         raise Img2MusicError("give one of --engines, --preset or --musicgen/--clip")
     # Everything the user typed is checked before the (slow) model load.
-    images = check_images(args.image)
+    if not args.image and args.prompt is None:
+        raise Img2MusicError("give --image (one or more), --prompt, or both")
+    prompt_weight = check_prompt_arguments(args, has_image=bool(args.image))
+    images = check_images(args.image) if args.image else None
     out_dir = prepare_output_dir(args.out)
 
     from tqdm import tqdm
@@ -97,23 +112,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          cuda_graph=args.cuda_graph)
     else:
         from basics.models import load_models
-        from runtime.reference import ReferencePipeline
 
-        with timer.stage("load models"):
+        with timer.stage("load models"):  # first: it names the missing extra when torch is not installed
             models = load_models(preset=args.preset, musicgen=args.musicgen, clip=args.clip)
+        from runtime.reference import ReferencePipeline
         with timer.stage("prompt bank"):
             pipeline = ReferencePipeline(models)
     frames = frames_for_seconds(args.seconds, pipeline.frame_rate)
-    paths = [out_dir / name for name in wav_names(args.image)]
+    names = wav_names(args.image) if args.image else ["prompt.wav"]
+    paths = [out_dir / name for name in names]
     recorders: list[WavRecorder] = []
     start = time.perf_counter()
     try:
         with tqdm(total=frames, desc="music", unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
             if args.engines:
-                directives = _stream_to_wavs(pipeline, images, sampling, args, paths, recorders, timer, bar)
+                directives = _stream_to_wavs(pipeline, images, sampling, args, paths, recorders, timer, bar,
+                                             prompt_weight)
             else:
                 # transformers may run one forward more than the steps that produce tokens
-                result = pipeline(images, args.seconds, sampling, on_step=lambda: bar.n < frames and bar.update(1))
+                result = pipeline(images, args.seconds, sampling, on_step=lambda: bar.n < frames and bar.update(1),
+                                  prompt=args.prompt, prompt_weight=prompt_weight)
                 directives = result.directives
                 timer.merge(result.timer)
                 with timer.stage("write wav"):
@@ -132,8 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     audio_seconds = recorders[0].samples / recorders[0].rate
     for i, path in enumerate(paths):
-        directive = directives[i] if directives else "(trained projector)"
-        print(f"{printable(args.image[i])} -> {printable(path)}  ({audio_seconds:.2f} s)  directive: {directive}")
+        what = printable(args.image[i]) if args.image else f"prompt {args.prompt!r}"
+        directive = directives[i] if directives else ("(none: text alone)" if not args.image else "(trained projector)")
+        extra = f"  + prompt {args.prompt!r} (weight {prompt_weight:g})" if args.image and args.prompt else ""
+        print(f"{what} -> {printable(path)}  ({audio_seconds:.2f} s)  directive: {directive}{extra}")
     print()
     print(timer.table())
     print(f"\n{len(paths)} x {audio_seconds:.2f} s of audio, {frames} code frames, "
@@ -141,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _stream_to_wavs(pipeline, images, sampling, args, paths, recorders: list, timer, bar) -> list[str] | None:
+def _stream_to_wavs(pipeline, images, sampling, args, paths, recorders: list, timer, bar,
+                    prompt_weight: float) -> list[str] | None:
     """The ONNX path: chunks into the WAV files as they are made (``recorders`` filled here, so
     the caller can close them on Ctrl-C); stages timed into ``timer``; returns the directives."""
     from runtime.generation import Windowing
@@ -151,7 +172,7 @@ def _stream_to_wavs(pipeline, images, sampling, args, paths, recorders: list, ti
     # 5 s chunks: the streamed EnCodec decode costs what a full decode does from ~5 s chunks on
     # (measured on small-random, 2 threads: 1.36x at 1 s, 1.16x at 2 s, 1.00x at 5 s).
     stream = pipeline.stream(images, args.seconds, sampling, chunk_frames=5 * pipeline.frame_rate, window=window,
-                             timer=timer)
+                             timer=timer, prompt=args.prompt, prompt_weight=prompt_weight)
     recorders.extend(WavRecorder(str(path), pipeline.sample_rate) for path in paths)
     for chunk in stream:
         with timer.stage("write wav"):

@@ -79,9 +79,10 @@ class CodeGenerator:
 
     # -- a piece ----------------------------------------------------------------
     def start(self, conditioning: np.ndarray, mask: np.ndarray, sampling: SamplingConfig,
-              frames: int | None = None, window: Windowing | None = None) -> None:
-        """Begin a piece for (B, N, D) conditioning + (B, N) mask: ``frames`` frames, or endless
-        with None. Guidance on or off is fixed here (the batch doubles); its scale is not."""
+              frames: int | None = None, window: Windowing | None = None, weight: np.ndarray | None = None) -> None:
+        """Begin a piece for (B, N, D) conditioning + (B, N) mask (+ (B, N) token weights, see
+        ``runtime.conditioning``): ``frames`` frames, or endless with None. Guidance on or off is
+        fixed here (the batch doubles); its scale is not."""
         window = window or Windowing()
         self._check_window(window)
         if frames is not None:
@@ -92,7 +93,7 @@ class CodeGenerator:
         self.emitted = 0  # frames handed out since start()
         self.reprimes = 0
         self.piece += 1
-        self._set_conditioning(conditioning, mask, reset=True)
+        self._set_conditioning(conditioning, mask, reset=True, weight=weight)
         self._new_window(np.zeros((self.batch, self.k, 0), dtype=np.int64), window_start=0)
 
     def _check_window(self, window: Windowing) -> None:
@@ -110,9 +111,10 @@ class CodeGenerator:
         self.window = window
 
     def generate(self, conditioning: np.ndarray, mask: np.ndarray, frames: int, sampling: SamplingConfig,
-                 on_step: Callable[[], None] | None = None, window: Windowing | None = None) -> np.ndarray:
+                 on_step: Callable[[], None] | None = None, window: Windowing | None = None,
+                 weight: np.ndarray | None = None) -> np.ndarray:
         """A whole fixed-length piece: (B, K, frames) codes."""
-        self.start(conditioning, mask, sampling, frames=frames, window=window)
+        self.start(conditioning, mask, sampling, frames=frames, window=window, weight=weight)
         return self.next_frames(frames, sampling, on_step)
 
     @property
@@ -167,22 +169,25 @@ class CodeGenerator:
         return frame
 
     # -- conditioning -----------------------------------------------------------
-    def blend_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
+    def blend_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> None:
         """New conditioning from the next step on, keeping the cache: cheap (one cross_kv run),
         so a live transition can move the conditioning a little every chunk."""
-        self._set_conditioning(conditioning, mask, reset=False)
+        self._set_conditioning(conditioning, mask, reset=False, weight=weight)
 
-    def swap_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
+    def swap_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> None:
         """New conditioning, same music so far: the window's last frames re-prime a new cache."""
-        self._set_conditioning(conditioning, mask, reset=True)
+        self._set_conditioning(conditioning, mask, reset=True, weight=weight)
         self._reprime(self.frames[:, :, max(0, self.count - self.window.keep_frames) : self.count])
 
-    def _set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool) -> None:
+    def _set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool,
+                          weight: np.ndarray | None) -> None:
         if conditioning.shape[0] != self.batch:
             raise Img2MusicError(f"conditioning for {conditioning.shape[0]} pieces, the piece has {self.batch}")
         if self.guidance:  # the null branch (zero states, zero mask) as rows B..2B-1, as transformers does
             conditioning, mask = with_null_branch(conditioning, mask)
-        self.decoder.set_conditioning(conditioning, mask, reset=reset)
+            if weight is not None:  # the null rows are fully masked: their weights are never used
+                weight = np.concatenate([weight, np.ones_like(weight)])
+        self.decoder.set_conditioning(conditioning, mask, reset=reset, weight=weight)
 
     # -- windows ----------------------------------------------------------------
     @property

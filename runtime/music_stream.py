@@ -73,15 +73,15 @@ class MusicStream:
         while not self.finished:
             yield self.next_chunk()
 
-    def blend_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
+    def blend_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> None:
         """Steer from the next chunk on, keeping the music so far in the cache (CodeGenerator)."""
         self._check_current()
-        self.generator.blend_conditioning(conditioning, mask)
+        self.generator.blend_conditioning(conditioning, mask, weight)
 
-    def swap_conditioning(self, conditioning: np.ndarray, mask: np.ndarray) -> None:
+    def swap_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None) -> None:
         """Re-prime a window from the music so far under the new conditioning (CodeGenerator)."""
         self._check_current()
-        self.generator.swap_conditioning(conditioning, mask)
+        self.generator.swap_conditioning(conditioning, mask, weight)
 
     def _check_current(self) -> None:
         if self.generator.piece != self._piece:

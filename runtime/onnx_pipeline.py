@@ -1,6 +1,7 @@
 """The exported pipeline on ONNX Runtime + numpy: images -> audio, streamed, no torch.
 
-Stages: preprocessing (numpy + Pillow) -> clip_vision -> projector -> cross_kv (once
+Stages: preprocessing (numpy + Pillow) -> clip_vision -> projector [+ t5_encoder for a
+text prompt, ``runtime.conditioning``] -> cross_kv (once
 per conditioning) -> decoder steps (``runtime.generation``, the one core) -> exact
 streaming EnCodec (``runtime.encodec_stream``). Everything comes from a verified
 bundle (``runtime.bundle``); the sessions from ``runtime.backends``.
@@ -12,18 +13,22 @@ Usage::
     for chunk in stream:            # an AudioChunk per second of music, as it is made
         play(chunk.audio[0])
     result = pipeline([image], 10)  # or everything at once (GenerationResult)
+    stream = pipeline.stream([image], 10, prompt="slow, warm, no drums", prompt_weight=1.5)
+    stream = pipeline.stream(None, 10, prompt="slow jazz piano")  # text alone
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
+from basics.errors import Img2MusicError
 from runtime.backends import SessionOptions, open_sessions
 from runtime.bundle import Bundle, load_bundle
+from runtime.conditioning import Conditioning, check_inputs, text_only, with_prompt
 from runtime.delay_pattern import check_frames, frames_for_seconds
 from runtime.encodec_stream import EncodecStreamDecoder, onnx_stream_functions
 from runtime.generation import CodeGenerator, Windowing
@@ -31,19 +36,8 @@ from runtime.music_stream import MusicStream
 from runtime.preprocess import ImageLike, preprocess_images
 from runtime.result import GenerationResult
 from runtime.sampling import SamplingConfig
+from runtime.text_encoder import TextEncoder
 from runtime.timing import StageTimer
-
-
-@dataclass
-class Conditioning:
-    """What the projector made of a batch of images."""
-
-    conditioning: np.ndarray
-    """(B, N, D_t5) float32 conditioning tokens."""
-    mask: np.ndarray
-    """(B, N) int64 attention mask."""
-    directives: list[str] | None = None
-    """The prompt-bank directive chosen per image (None for a trained projector)."""
 
 
 class OnnxPipeline:
@@ -63,6 +57,9 @@ class OnnxPipeline:
         sessions = open_sessions(self.bundle, self.options)
         self.sessions = sessions.graphs
         self.decoder = sessions.decoder
+        text = self.bundle.model.text
+        self.text = None if text is None else TextEncoder(self.sessions["t5_encoder"],
+                                                          self.bundle.root / text.tokenizer_file, text)
 
     def set_spinning(self, spinning: bool) -> None:
         """Re-create the sessions with ORT's worker threads busy-waiting between runs or not
@@ -105,15 +102,32 @@ class OnnxPipeline:
             directives = [self.directives[int(i)] for i in outs[2]]
         return outs[0], outs[1], directives
 
-    def condition(self, images: Sequence[ImageLike], timer: StageTimer | None = None) -> Conditioning:
-        """Images -> the projector's conditioning (preprocess, CLIP, projector)."""
+    def encode_text(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt -> T5 hidden states (1, T, D_t5) + mask (1, T); one clear error without a text path."""
+        if self.text is None:
+            raise Img2MusicError(f"the bundle {self.bundle.root} has no text encoder (built with --no-text or "
+                                 "before prompts existed): rebuild it with export/build_engines.py to use a prompt")
+        return self.text.encode(prompt)
+
+    def condition(self, images: Sequence[ImageLike] | None, timer: StageTimer | None = None,
+                  prompt: str | None = None, prompt_weight: float = 1.0) -> Conditioning:
+        """Images (preprocess, CLIP, projector) and/or a prompt (T5) -> conditioning
+        (``runtime.conditioning``: how the two combine)."""
         timer = timer or StageTimer()
+        check_inputs(images is not None, prompt, prompt_weight)
+        text = None
+        if prompt is not None:
+            with timer.stage("t5"):
+                text = self.encode_text(prompt)
+        if images is None:
+            return text_only(*text, prompt=prompt)
         with timer.stage("preprocess"):
             pixels = preprocess_images(images, self.image_config)
         with timer.stage("clip"):
             image_embeds = self.embed_images(pixels)
         with timer.stage("projector"):
-            return Conditioning(*self.project(image_embeds))
+            image = Conditioning(*self.project(image_embeds))
+        return image if text is None else with_prompt(image, *text, prompt=prompt, weight=prompt_weight)
 
     def stream_decoder(self, batch: int) -> EncodecStreamDecoder:
         """A fresh exact streaming EnCodec decoder for ``batch`` streams."""
@@ -131,27 +145,27 @@ class OnnxPipeline:
     def stream(self, images: Sequence[ImageLike] | None = None, seconds: float | None = None,
                sampling: SamplingConfig | None = None, *, conditioning: Conditioning | None = None,
                chunk_frames: int = 50, window: Windowing | None = None,
-               timer: StageTimer | None = None) -> MusicStream:
-        """Music for ``images`` (or a given ``conditioning``) as a :class:`MusicStream`:
-        ``seconds`` long, or endless with None. ``window`` sets how generation goes past
+               timer: StageTimer | None = None, prompt: str | None = None,
+               prompt_weight: float = 1.0) -> MusicStream:
+        """Music for ``images`` and/or a text ``prompt`` (or a given ``conditioning``) as a
+        :class:`MusicStream`: ``seconds`` long, or endless with None. ``window`` sets how generation goes past
         MusicGen's trained 30 s (default: 30 s windows, the last 12 s primes the next);
         ``timer`` collects the stages' seconds (the stream's ``timer``)."""
         sampling = sampling or SamplingConfig()
         timer = timer if timer is not None else StageTimer()
         frames = None if seconds is None else frames_for_seconds(seconds, self.frame_rate)
         if conditioning is None:
-            if images is None:
-                raise ValueError("give images or a conditioning")
-            conditioning = self.condition(images, timer)
+            conditioning = self.condition(images, timer, prompt, prompt_weight)
         with timer.stage("cross_kv"):
-            self.generator.start(conditioning.conditioning, conditioning.mask, sampling, frames=frames, window=window)
+            self.generator.start(conditioning.conditioning, conditioning.mask, sampling, frames=frames, window=window,
+                                 weight=conditioning.weight)
         return MusicStream(self.generator, self.stream_decoder(conditioning.conditioning.shape[0]), sampling,
                            chunk_frames=chunk_frames, directives=conditioning.directives, timer=timer)
 
-    def __call__(self, images: Sequence[ImageLike], seconds: float,
-                 sampling: SamplingConfig | None = None) -> GenerationResult:
+    def __call__(self, images: Sequence[ImageLike] | None, seconds: float, sampling: SamplingConfig | None = None,
+                 prompt: str | None = None, prompt_weight: float = 1.0) -> GenerationResult:
         """A whole piece at once: the stream's chunks joined."""
-        stream = self.stream(images, seconds, sampling)
+        stream = self.stream(images, seconds, sampling, prompt=prompt, prompt_weight=prompt_weight)
         chunks = list(stream)
         audio = np.concatenate([c.audio for c in chunks], axis=1)  # (B, F * hop)
         codes = np.concatenate([c.codes for c in chunks], axis=2)  # (B, K, F)

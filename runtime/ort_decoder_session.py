@@ -26,6 +26,7 @@ import numpy as np
 
 from basics.errors import Img2MusicError
 from basics.model_config import DecoderConfig
+from runtime.conditioning import log_weights
 from runtime.decoder_session import DecoderSession
 from runtime.onnx_session import onnxruntime
 
@@ -138,11 +139,19 @@ class OrtDecoderSession(DecoderSession):
             self._run_options.add_run_config_entry("gpu_graph_id", str(self._graphs))
 
     # -- the interface -----------------------------------------------------------
-    def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool = True) -> None:
+    def set_conditioning(self, conditioning: np.ndarray, mask: np.ndarray, reset: bool = True,
+                         weight: np.ndarray | None = None) -> None:
         conditioning = np.ascontiguousarray(conditioning, dtype=np.float32)
         mask = np.ascontiguousarray(mask, dtype=np.int64)
         if conditioning.ndim != 3 or mask.shape != conditioning.shape[:2]:
             raise Img2MusicError(f"conditioning {conditioning.shape} and mask {mask.shape} do not fit together")
+        weight = np.ones(mask.shape, np.float32) if weight is None else np.ascontiguousarray(weight, np.float32)
+        if weight.shape != mask.shape:
+            raise Img2MusicError(f"conditioning weights {weight.shape} do not fit the mask {mask.shape}")
+        weighted = "conditioning_log_weight" in {i.name for i in self.cross_kv_session.get_inputs()}
+        if not weighted and np.any(weight[mask > 0] != 1.0):
+            raise Img2MusicError("this bundle's cross_kv graph takes no token weights (built before prompts "
+                                 "existed): rebuild it with export/build_engines.py")
         if conditioning.shape[0] != self.batch:
             if not reset:
                 raise Img2MusicError("a conditioning with another batch size needs a fresh cache")
@@ -152,6 +161,8 @@ class OrtDecoderSession(DecoderSession):
         self._bind_cross(conditioning.shape[1])
         self._cross_binding.bind_cpu_input("conditioning", conditioning)
         self._cross_binding.bind_cpu_input("conditioning_mask", mask)
+        if weighted:
+            self._cross_binding.bind_cpu_input("conditioning_log_weight", log_weights(weight))
         self.cross_kv_session.run_with_iobinding(self._cross_binding)
         if reset:
             self.reset()

@@ -10,6 +10,12 @@ for a text prompt, with the text encoder swapped for one that returns the
 conditioning (:class:`_FixedEncoder`). transformers then builds the null branch for
 guidance (zero states, zero mask) just as it does for text, so the reference is the
 text path with only the encoder's output changed.
+
+Text prompts (``runtime.conditioning``): a prompt alone goes through ``generate`` as
+plain MusicGen text-to-music (its own tokenizer and T5); image + prompt joins the
+projector's tokens and the prompt's T5 encoding as the fixed encoder output, and a
+prompt weight other than 1 replaces the decoder's cross-attention mask by the weighted
+bias the exported cross_kv builds (:func:`_weighted_cross_attention`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from basics.errors import Img2MusicError
+from runtime.conditioning import check_inputs
 from runtime.delay_pattern import check_frames, frames_for_seconds
 from runtime.preprocess import ImageLike, preprocess_images
 from runtime.result import GenerationResult
@@ -61,6 +68,40 @@ class ReferencePipeline:
             out = self.models.clip.get_image_features(pixel_values=self.torch.from_numpy(pixel_values))
         return getattr(out, "pooler_output", out)
 
+    def encode_text(self, prompt: str):
+        """Prompt -> T5 hidden states (1, T, D_t5) and mask (1, T), as transformers' MusicGen encodes it."""
+        from runtime.text_encoder import check_prompt
+
+        ids = self.models.t5_tokenizer([check_prompt(prompt)], return_tensors="pt")
+        with self.torch.inference_mode():
+            hidden = self.models.musicgen.text_encoder(**ids).last_hidden_state
+        return hidden * ids["attention_mask"][..., None], ids["attention_mask"]
+
+    def condition(self, images: Sequence[ImageLike] | None, timer: StageTimer, prompt: str | None = None,
+                  prompt_weight: float = 1.0):
+        """Images and/or a prompt -> ``runtime.conditioning.Conditioning`` (torch tensors inside)."""
+        from runtime.conditioning import Conditioning, check_prompt_weight
+
+        torch = self.torch
+        if images is None:
+            raise Img2MusicError("give images (a prompt alone goes through generate_text)")
+        with timer.stage("preprocess"):
+            pixels = preprocess_images(images, self.models.image_config)
+        with timer.stage("clip"):
+            image_embeds = self.embed_images(pixels)
+        with timer.stage("projector"):
+            cond = self.projector(image_embeds)
+        if prompt is None:
+            return Conditioning(cond.conditioning, cond.mask, cond.directives)
+        weight = check_prompt_weight(prompt_weight)
+        with timer.stage("t5"):
+            hidden, text_mask = self.encode_text(prompt)
+        b = cond.conditioning.shape[0]
+        mask = torch.cat([cond.mask, text_mask.repeat(b, 1)], dim=1)  # (B, N + T)
+        weights = torch.cat([torch.ones(cond.mask.shape), torch.full((b, text_mask.shape[1]), weight)], dim=1)
+        return Conditioning(torch.cat([cond.conditioning.float(), hidden.repeat(b, 1, 1)], dim=1), mask,
+                            cond.directives, None if weight == 1.0 else weights, prompt)
+
     def generate_codes(
         self,
         conditioning,
@@ -69,11 +110,15 @@ class ReferencePipeline:
         sampling: SamplingConfig,
         on_step: Callable[[], None] | None = None,
         prompt=None,
+        weight=None,
+        text: str | None = None,
     ):
         """Conditioning (B, N, D_t5) + mask (B, N) -> (B, K, frames) codes via ``generate``.
 
         ``prompt``: (B, K, P) audio codes to continue (transformers' audio-prompt path);
-        the result then holds the P prompt frames followed by ``frames`` new ones."""
+        the result then holds the P prompt frames followed by ``frames`` new ones. ``weight``:
+        (B, N) cross-attention weights per token (None: plain transformers). ``text``: a prompt
+        alone (conditioning and mask None): transformers' own tokenizer and T5 encode it."""
         torch = self.torch
         if frames > self.max_frames:
             raise Img2MusicError(
@@ -111,10 +156,14 @@ class ReferencePipeline:
 
             hook = mg.decoder.register_forward_hook(count_step)
         torch.manual_seed(sampling.seed)
-        placeholder_ids = torch.zeros(mask.shape, dtype=torch.long)  # never read: the encoder is fixed
-        with self._swapped(conditioning, capture), torch.inference_mode():
+        if text is None:
+            inputs = {"input_ids": torch.zeros(mask.shape, dtype=torch.long),  # never read: the encoder is fixed
+                      "attention_mask": torch.as_tensor(mask)}
+        else:
+            inputs = dict(self.models.t5_tokenizer([text], return_tensors="pt"))
+        with self._swapped(conditioning, capture), _weighted_cross_attention(weight), torch.inference_mode():
             try:
-                mg.generate(input_ids=placeholder_ids, attention_mask=mask, **kwargs)
+                mg.generate(**inputs, **kwargs)
             finally:
                 if hook is not None:
                     hook.remove()
@@ -128,10 +177,12 @@ class ReferencePipeline:
 
     @contextmanager
     def _swapped(self, conditioning, capture: "_CodeCapture") -> Iterator[None]:
-        """Text encoder -> fixed conditioning; audio decoder -> code capture (decoded separately)."""
+        """Text encoder -> fixed conditioning (unless None: a text prompt); audio decoder -> code
+        capture (decoded separately)."""
         mg = self.models.musicgen
         text_encoder, audio_encoder = mg.text_encoder, mg.audio_encoder
-        mg.text_encoder = _FixedEncoder(conditioning, text_encoder.config)
+        if conditioning is not None:
+            mg.text_encoder = _FixedEncoder(conditioning, text_encoder.config)
         mg.audio_encoder = capture
         try:
             yield
@@ -140,25 +191,58 @@ class ReferencePipeline:
 
     def __call__(
         self,
-        images: Sequence[ImageLike],
+        images: Sequence[ImageLike] | None,
         seconds: float,
         sampling: SamplingConfig | None = None,
         on_step: Callable[[], None] | None = None,
+        prompt: str | None = None,
+        prompt_weight: float = 1.0,
     ) -> GenerationResult:
         sampling = sampling or SamplingConfig()
         timer = StageTimer()
         frames = frames_for_seconds(seconds, self.models.frame_rate)
-        with timer.stage("preprocess"):
-            pixels = preprocess_images(images, self.models.image_config)
-        with timer.stage("clip"):
-            image_embeds = self.embed_images(pixels)
-        with timer.stage("projector"):
-            cond = self.projector(image_embeds)
-        with timer.stage("decoder"):
-            codes = self.generate_codes(cond.conditioning, cond.mask, frames, sampling, on_step)
+        check_inputs(images is not None, prompt, prompt_weight)
+        if images is None:
+            from runtime.text_encoder import check_prompt
+
+            with timer.stage("decoder"):
+                codes = self.generate_codes(None, None, frames, sampling, on_step, text=check_prompt(prompt))
+            directives = None
+        else:
+            cond = self.condition(images, timer, prompt, prompt_weight)
+            with timer.stage("decoder"):
+                codes = self.generate_codes(cond.conditioning, cond.mask, frames, sampling, on_step, weight=cond.weight)
+            directives = cond.directives
         with timer.stage("encodec"):
             audio = self.decode_audio(codes)
-        return GenerationResult(audio, self.models.sample_rate, codes.numpy(), cond.directives, timer)
+        return GenerationResult(audio, self.models.sample_rate, codes.numpy(), directives, timer)
+
+
+@contextmanager
+def _weighted_cross_attention(weight) -> Iterator[None]:
+    """While generating, MusicGen's cross-attention mask becomes the weighted bias cross_kv.onnx
+    builds: log(weight) where the mask is 1, the dtype's min where it is 0 (None: unchanged)."""
+    if weight is None:
+        yield
+        return
+    import torch
+    from transformers.models.musicgen import modeling_musicgen
+
+    original = modeling_musicgen.create_bidirectional_mask
+    weight = torch.as_tensor(weight, dtype=torch.float32)  # (B, N)
+
+    def weighted(config, inputs_embeds, attention_mask, encoder_hidden_states=None, **kwargs):
+        rows = attention_mask.shape[0]  # B, or 2B with the guidance null branch (fully masked)
+        w = torch.cat([weight, torch.ones_like(weight)])[:rows] if rows != weight.shape[0] else weight
+        bias = torch.where(attention_mask.bool(), torch.log(w.clamp_min(1e-30)),
+                           torch.finfo(inputs_embeds.dtype).min)
+        return bias[:, None, None, :].to(inputs_embeds.dtype)  # (B2, 1, 1, N)
+
+    modeling_musicgen.create_bidirectional_mask = weighted
+    try:
+        yield
+    finally:
+        modeling_musicgen.create_bidirectional_mask = original
 
 
 def _torch_module_base():

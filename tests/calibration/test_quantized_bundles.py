@@ -34,6 +34,14 @@ def test_quantized_bundle_builds_loads_and_generates(tiny_quantized_bundle, phot
     result = pipeline([photos["astronaut"], photos["coffee"]], 0.5, SamplingConfig(seed=1))
     assert result.audio.shape == (2, 25 * 640) and np.all(np.isfinite(result.audio))
     assert result.codes.min() >= 0 and result.codes.max() < 2048
+    # the text encoder: 8-bit weights too, and a prompt runs with and without an image
+    assert m.graphs["t5_encoder"].precision == "int8"
+    assert m.provenance.quantization["graphs"]["t5_encoder"] == m.provenance.quantization["graphs"]["clip_vision"]
+    t5_ops = {n.op_type for n in __import__("onnx").load(str(tiny_quantized_bundle / "t5_encoder.onnx")).graph.node}
+    assert "MatMulNBits" in t5_ops
+    for images in ([photos["astronaut"]], None):
+        result = pipeline(images, 0.5, SamplingConfig(seed=1), prompt="slow jazz piano")
+        assert result.audio.shape == (1, 25 * 640) and np.all(np.isfinite(result.audio))
 
 
 def test_accuracy_report_is_sane(tiny_quantized_bundle):
@@ -43,6 +51,7 @@ def test_accuracy_report_is_sane(tiny_quantized_bundle):
     assert tf["kl_mean"] >= 0.0
     assert 0.0 <= report["greedy"]["agreement"] <= 1.0
     assert 0.0 < report["clip"]["cosine"] <= 1.0 + 1e-6
+    assert report["text"]["prompts"] == 16 and THRESHOLDS["int8"].text_cosine <= report["text"]["cosine"] <= 1 + 1e-6
     assert report["failures"] == []
     assert tf["agreement"] >= THRESHOLDS[report["precision"]].teacher_forced_agreement
     assert tf["kl_mean"] <= THRESHOLDS[report["precision"]].kl_max
@@ -50,6 +59,7 @@ def test_accuracy_report_is_sane(tiny_quantized_bundle):
     assert "teacher-forced top-1 agreement" in md and "PASS" in md
     summary = load_bundle(tiny_quantized_bundle).manifest.provenance.accuracy
     assert summary["passed"] and summary["teacher_forced_agreement"] == tf["agreement"]
+    assert summary["text_cosine"] == report["text"]["cosine"] and "T5 encoding cosine (16 prompts)" in md
 
 
 def calibration_inputs(tiny_pipeline):

@@ -15,10 +15,13 @@ from tests.conftest import max_abs
 def test_build_validates_every_graph(tiny_bundle):
     validation = load_bundle(tiny_bundle).manifest.provenance.validation
     checked = {c["graph"] for c in validation}
-    assert checked == set(RUNTIME_GRAPHS) | {"encodec_stream"}  # + the stream-vs-full-decode SNR check
+    # + the stream-vs-full-decode SNR check, the text encoder and its tokenizer (ids vs transformers)
+    assert checked == set(RUNTIME_GRAPHS) | {"encodec_stream", "t5_encoder", "tokenizer"}
     for c in validation:
         if c["graph"] == "encodec_stream":
             assert c["max_abs_diff"] == 0.0 and float(c["detail"].split()[1]) >= 90.0, c  # SNR in dB
+        elif c["graph"] == "tokenizer":
+            assert c["max_abs_diff"] == 0.0 and c["detail"] == "8 of 8 prompts tokenized identically", c
         else:
             assert c["max_abs_diff"] <= c["tolerance"] == FP32_TOLERANCE, c
 
@@ -34,8 +37,9 @@ def test_manifest_describes_the_bundle(tiny_bundle, tiny_models):
     assert all(len(f.sha256) == 64 and f.bytes > 0 for f in m.files.values())
     assert {g.opset for g in m.graphs.values()} == {17}
     assert "onnxruntime" in m.provenance.tools and "transformers" in m.provenance.tools
-    assert not any(name.startswith("t5") for name in m.files)  # T5 stays out of the runtime
-    assert set(m.graphs) == set(RUNTIME_GRAPHS)  # EnCodec once: the streaming graphs serve every path
+    # EnCodec once (the streaming graphs serve every path); T5 for text prompts
+    assert set(m.graphs) == set(RUNTIME_GRAPHS) | {"t5_encoder"}
+    assert m.model.text is not None and m.model.text.tokenizer_file in m.files
 
 
 def test_decoder_step_matches_transformers_up_to_the_last_position(tiny_onnx, tiny_models):

@@ -35,12 +35,12 @@ def test_fp16_bundle_is_float16_where_the_gpu_needs_it(tiny_fp16_bundle):
     assert m.precision == "fp16" and m.kv_cache.dtype == "float16"
     assert {n: g.precision for n, g in m.graphs.items()} == {
         "clip_vision": "fp16", "projector": "fp32", "cross_kv": "fp16", "decoder_step": "fp16",
-        "encodec_stream_front": "fp32", "encodec_stream_back": "fp32"}
+        "encodec_stream_front": "fp32", "encodec_stream_back": "fp32", "t5_encoder": "fp32"}  # T5 overflows fp16
     step = io_types(tiny_fp16_bundle / "decoder_step.onnx")
     assert step["past_key.0"] == step["present_value.1"] == step["cross_key.0"] == "float16"
     assert step["cross_attention_bias"] == "float16" and step["logits"] == "float32"
     cross = io_types(tiny_fp16_bundle / "cross_kv.onnx")
-    assert cross["conditioning"] == "float32" and cross["cross_value.1"] == "float16"
+    assert cross["conditioning"] == cross["conditioning_log_weight"] == "float32" and cross["cross_value.1"] == "float16"
     assert set(io_types(tiny_fp16_bundle / "clip_vision.onnx").values()) == {"float32"}
     weights = onnx.load(str(tiny_fp16_bundle / "decoder_step.onnx")).graph.initializer
     assert {w.data_type for w in weights if w.name.startswith("layers.")} == {onnx.TensorProto.FLOAT16}
@@ -148,7 +148,9 @@ def test_tensorrt_profiles_come_from_the_manifest(tiny_fp16_bundle):
     n = bundle.model.conditioning.num_tokens
     channels = bundle.model.encodec_stream.lstm_channels
     ranges = {name: tensorrt_profile(bundle.graph(name).spec(name), bundle.model) for name in TENSORRT_GRAPHS}
-    assert ranges["cross_kv"]["conditioning"] == ((1, 1, 32), (2, n, 32), (8, n, 32))
+    longest = n + bundle.model.text.max_tokens  # the image's tokens joined by the longest prompt
+    assert ranges["cross_kv"]["conditioning"] == ((1, 1, 32), (2, n, 32), (8, longest, 32))
+    assert ranges["cross_kv"]["conditioning_log_weight"] == ((1, 1), (2, n), (8, longest))
     assert ranges["encodec_stream_front"]["audio_codes"] == ((1, 4, 7), (2, 4, 56), (8, 4, 314))
     assert ranges["encodec_stream_back"]["lstm_frames"] == ((1, channels, 1), (2, channels, 50), (8, channels, 308))
     options = tensorrt_options(bundle, "cross_kv", SessionOptions())
