@@ -31,7 +31,14 @@ if __package__ in (None, ""):  # run as `python runtime/live.py`
 
 from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
-from runtime.cli_types import add_provider_arguments, add_sampling_arguments, non_negative, positive
+from runtime.cli_types import (
+    add_prompt_arguments,
+    add_provider_arguments,
+    add_sampling_arguments,
+    check_prompt_arguments,
+    non_negative,
+    positive,
+)
 from runtime.live_config import LiveConfig
 from runtime.sampling import SamplingConfig
 from runtime.scene import SceneConfig
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "required for control on a non-loopback --http/--ws address (default: none)")
     g = p.add_argument_group("sampling")
     add_sampling_arguments(g, seed_help="sampling seed (also the synthetic scenes' seed)")
+    add_prompt_arguments(g)
     lv = p.add_argument_group("live behaviour")
     lv.add_argument("--chunk-frames", type=positive(int), default=d.chunk_frames,
                     help="code frames generated per chunk (50 = 1 s)")
@@ -185,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           pixel_gate=args.pixel_gate),
         sampling=SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed),
+        prompt=args.prompt, prompt_weight=check_prompt_arguments(args, has_image=True),
     )
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     summary = run_live(args.engines, source, config, no_audio=args.no_audio, device=device, rate=args.rate,
@@ -219,6 +228,8 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     # music with spinning off, 1.00-1.02x with it on. With plenty of headroom the engine
     # turns it off again after measuring (live_budget.SPIN_BELOW): idle spinning burns cores.
     pipeline = OnnxPipeline.load(engines, threads=threads, spinning=True, provider=provider, cuda_graph=cuda_graph)
+    if config.prompt is not None:  # a bad prompt or a bundle without text: one error now, not per frame
+        pipeline.encode_text(config.prompt)
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))
     ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)))  # room for the re-prime boost
     recorder = LiveRecording(record, out_rate, max_bytes=int(record_max_mb * 2**20)) if record else None

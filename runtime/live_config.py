@@ -44,4 +44,8 @@ class LiveConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)
     """Scene-change detection."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt: str | None = None
+    """Text prompt joined to every scene's image tokens (``runtime.conditioning``); None: the image alone."""
+    prompt_weight: float = 1.0
+    """How much the prompt counts against the image (0-10)."""
     """Guidance, temperature, top-k/p and seed."""

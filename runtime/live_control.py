@@ -7,7 +7,9 @@ between two actions, so a change never races a decoder pass. Sampling changes ta
 from the next chunk; ``"scene": "now"`` makes the newest frame the scene at once (a
 performer's cue), with the usual smooth transition; ``"transport"`` pauses or resumes and
 ``"fade_out"`` fades to a pause (``runtime.live_transport``); ``"bundle"`` loads another
-engine bundle in the background and swaps it in when ready (``runtime.live_reload``).
+engine bundle in the background and swaps it in when ready (``runtime.live_reload``);
+``"prompt"`` (text, or null to clear) and ``"prompt_weight"`` change the text prompt joined to
+the image, with the scene-change transition (``runtime.live_prompt``).
 Every accepted change is logged and counted.
 """
 
@@ -33,7 +35,13 @@ FIELDS = {  # name -> (type, low, high): numbers in range, strings by length; or
     "transport": ("pause", "resume"),
     "fade_out": (float, 0.1, 60.0),  # seconds of audio, then paused
     "bundle": (str, 1, 4096),  # an engine bundle directory (checked in submit)
+    "prompt": (str, 1, 2000),  # or null: no prompt (its tokens are checked in submit)
+    "prompt_weight": (float, 0.0, 10.0),  # runtime.conditioning.PROMPT_WEIGHT_RANGE
 }
+NULLABLE = ("prompt",)
+"""Fields whose null means 'none' (clear the prompt)."""
+PROMPT_FIELDS = {"prompt": "text", "prompt_weight": "weight"}
+"""Applied together (one transition), under LiveEngine.set_prompt's names."""
 SAMPLING_FIELDS = ("guidance_scale", "temperature", "top_k", "top_p")
 EXCLUSIVE = (("transport", "fade_out"),)
 """Fields that contradict each other in one request."""
@@ -57,7 +65,9 @@ def validate(body) -> dict:
     changes = {}
     for name, value in body.items():
         rule = FIELDS[name]
-        if isinstance(rule[0], str):
+        if value is None and name in NULLABLE:
+            pass
+        elif isinstance(rule[0], str):
             if value not in rule:
                 raise ControlError(f"{name} must be one of {', '.join(map(repr, rule))}, got {value!r}")
         elif rule[0] is str:
@@ -127,7 +137,22 @@ def _check_scene(engine, value: str) -> None:
         raise ControlError("no frame yet to take a scene from", status=409)
 
 
-CHECKS = {"guidance_scale": _check_guidance, "top_k": _check_top_k, "scene": _check_scene}
+def _check_prompt(engine, value: str | None) -> None:
+    from basics.errors import Img2MusicError
+
+    text = engine.pipeline.text
+    if value is None:
+        return
+    if text is None:
+        raise ControlError(f"the bundle {engine.pipeline.bundle.root} has no text encoder (built with --no-text or "
+                           "before prompts existed): no prompt with it", status=409)
+    try:
+        text.token_ids(value)  # empty or too long: refused here, the music untouched
+    except Img2MusicError as exc:
+        raise ControlError(f"prompt: {exc}") from exc
+
+
+CHECKS = {"guidance_scale": _check_guidance, "top_k": _check_top_k, "scene": _check_scene, "prompt": _check_prompt}
 """Field -> (engine, value) -> None or ControlError: what the run allows now, beyond the ranges."""
 
 
@@ -184,6 +209,12 @@ class LiveControl:
             sampling = {k: v for k, v in changes.items() if k in SAMPLING_FIELDS}
             if sampling:
                 self.engine.set_sampling(replace(self.engine.config.sampling, **sampling))
+            prompt = {PROMPT_FIELDS[k]: v for k, v in changes.items() if k in PROMPT_FIELDS}
+            if prompt:
+                try:
+                    self.engine.set_prompt(**prompt)
+                except Exception as exc:  # checked at submit; a failing T5 run must not stop the music
+                    log.error("prompt change failed, the music goes on as it was: %s", exc)
             for name, value in changes.items():
                 if name in ACTIONS:
                     ACTIONS[name](self, value)
@@ -195,5 +226,7 @@ class LiveControl:
         s = asdict(self.engine.config.sampling)
         with self._lock:
             counts = dict(self.changes)
+        prompt = self.engine.prompt
         return {"sampling": {k: s[k] for k in SAMPLING_FIELDS}, "transport": self.engine.transport.state,
+                "prompt": prompt.text, "prompt_weight": prompt.weight,
                 **self.reloader.status(), "changes": counts}

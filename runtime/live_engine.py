@@ -44,12 +44,13 @@ import numpy as np
 
 from basics.errors import Img2MusicError
 from runtime.audio_sink import Resampler
+from runtime.conditioning import Conditioning
 from runtime.generation import Windowing
 from runtime.live_budget import ContextBudget, describe_start, start_window
 from runtime.live_config import LiveConfig
+from runtime.live_prompt import LivePrompt
 from runtime.live_sources import FrameSource, default_fallback_image
 from runtime.live_transport import Transport
-from runtime.onnx_pipeline import Conditioning
 from runtime.playout import Playout
 from runtime.preprocess import preprocess_images
 from runtime.sampling import SamplingConfig
@@ -100,7 +101,7 @@ class LiveEngine:
         self.stop_event = threading.Event()
         self._pending: Scene | None = None
         self.scene: Scene | None = None
-        self._applied = None  # (conditioning, mask) bound now
+        self._applied = None  # (conditioning, mask, weight) bound now
         self._transition = None  # (from, to, stage, stages)
         self._next_stage_frame = 0
         self._next_look = 0.0
@@ -108,6 +109,7 @@ class LiveEngine:
         self.frames_done = 0
         self.music_samples = 0  # fresh samples submitted at the model rate
         self.transport = Transport(pipeline.sample_rate)
+        self.prompt = LivePrompt(config.prompt, config.prompt_weight)
         """Pause / resume / fade out (runtime.live_transport), applied to every chunk submitted."""
         self.embed_errors = 0
         self.fallback_used = False
@@ -152,7 +154,8 @@ class LiveEngine:
         if scene is None:
             return
         cond, mask, directives = self.pipeline.project(scene[None])
-        self._pending = Scene(cond, mask, directives[0] if directives else None, self.tracker.change_started)
+        self._pending = self.prompt.scene(self.pipeline, cond, mask, directives[0] if directives else None,
+                                          self.tracker.change_started)
         log.info("scene change %d (distance %.3f)%s", self.tracker.changes, self.tracker.last_distance,
                  f": {directives[0]}" if directives else "")
 
@@ -161,6 +164,13 @@ class LiveEngine:
         frame, _, age = self.source.latest()
         if frame is not None:
             self._embed(frame, time.monotonic() - age, force=True)
+
+    def set_prompt(self, **fields) -> None:
+        """New prompt ``text`` (None clears) and/or ``weight``: the current scene re-composed, with
+        the usual transition (``runtime.live_prompt``)."""
+        scene = self.prompt.change(self.pipeline, self._pending or self.scene, **fields)
+        if scene is not None:
+            self._pending = scene
 
     def set_sampling(self, sampling: SamplingConfig) -> None:
         """New sampling settings from the next chunk on (guidance on/off stays as started)."""
@@ -217,7 +227,7 @@ class LiveEngine:
         """Start the transition to ``scene`` (called between chunks)."""
         c = self.config
         stages = max(1, math.ceil(c.transition_seconds / TRANSITION_STEP_SECONDS))
-        self._transition = (self._applied, (scene.conditioning, scene.mask), 0, stages)
+        self._transition = (self._applied, scene.bound, 0, stages)
         self._next_stage_frame = self.frames_done
         self.scene = scene
         self.playout.mark(self._fresh_position(), "scene", scene.started)
@@ -230,12 +240,11 @@ class LiveEngine:
         start = time.perf_counter()
         old, new, stage, stages = self._transition
         stage += 1
-        cond, mask = blend(old, new, stage / stages)
+        cond, mask, weight = self._applied = blend(old, new, stage / stages)
         if self.config.transition_mode == "reprime":
-            self.stream.swap_conditioning(cond, mask)
+            self.stream.swap_conditioning(cond, mask, weight)
         else:
-            self.stream.blend_conditioning(cond, mask)
-        self._applied = (cond, mask)
+            self.stream.blend_conditioning(cond, mask, weight)
         self._transition = None if stage >= stages else (old, new, stage, stages)
         self.compute["transition"] += time.perf_counter() - start
 
@@ -263,7 +272,7 @@ class LiveEngine:
             self.watch.watch("source", self.source.thread)
         try:
             first = self.wait_for_first_scene()
-            self.scene, self._applied = first, (first.conditioning, first.mask)
+            self.scene, self._applied = first, first.bound
             self.window = self._choose_window(first)
             self.stream = self._start_stream(first)
             total = None if c.duration is None else int(round(c.duration * self.pipeline.sample_rate))
@@ -298,7 +307,7 @@ class LiveEngine:
             self.source.stop()
 
     def _start_stream(self, scene: Scene):
-        stream = self.pipeline.stream(conditioning=Conditioning(scene.conditioning, scene.mask),
+        stream = self.pipeline.stream(conditioning=Conditioning(scene.conditioning, scene.mask, weight=scene.weight),
                                       sampling=self.config.sampling, chunk_frames=self.config.chunk_frames,
                                       window=self.window)
         stream.on_step = self._on_step
@@ -321,7 +330,7 @@ class LiveEngine:
             tail = self.stream.encodec.flush()[0]  # the old stream's held-back last audio
         except Img2MusicError:  # no chunk generated yet: nothing held back
             tail = np.zeros(0, np.float32)
-        self.stream, self.scene, self._applied, self._transition = stream, scene, (scene.conditioning, scene.mask), None
+        self.stream, self.scene, self._applied, self._transition = stream, scene, scene.bound, None
         self.transport.crossfade_from(tail)
         self.playout.mark(self._fresh_position(), "bundle", scene.started)
         log.info("bundle %s took over: a new piece from the newest frame%s", pipeline.bundle.root,

@@ -12,6 +12,9 @@ lighting desks, Max/MSP, TouchDesigner (``python-osc``'s threaded server).
 | ``/img2music/resume`` | none | fade back in (50 ms) |
 | ``/img2music/fade_out`` | float 0.1-60 | fade out over that many seconds, then pause |
 | ``/img2music/bundle`` | string | load that engine bundle, swap it in when ready |
+| ``/img2music/prompt`` | string | set the text prompt joined to the image (scene-change transition) |
+| ``/img2music/prompt_weight`` | float 0-10 | how much the prompt counts against the image |
+| ``/img2music/prompt_clear`` | none | back to the image alone |
 
 OSC has no authentication: the server binds 127.0.0.1 unless a host is given, and anyone
 who can send it UDP packets can change the music. A message that is refused (unknown
@@ -30,10 +33,13 @@ from basics.errors import Img2MusicError
 log = logging.getLogger(__name__)
 
 PREFIX = "/img2music/"
+NULL = object()
+"""A route's value meaning JSON null (clear the field)."""
 ADDRESSES = {  # address after the prefix -> (control field, its value; None: the message's one argument)
     "guidance": ("guidance_scale", None), "temperature": ("temperature", None), "top_k": ("top_k", None),
     "top_p": ("top_p", None), "scene": ("scene", "now"), "pause": ("transport", "pause"),
     "resume": ("transport", "resume"), "fade_out": ("fade_out", None), "bundle": ("bundle", None),
+    "prompt": ("prompt", None), "prompt_weight": ("prompt_weight", None), "prompt_clear": ("prompt", NULL),
 }
 
 
@@ -73,7 +79,9 @@ class LiveOscServer:
             if route is None:
                 raise ControlError(f"unknown address; known: {', '.join(PREFIX + a for a in ADDRESSES)}")
             name, value = route
-            if value is not None:
+            if value is NULL:
+                body = {name: None}
+            elif value is not None:
                 body = {name: value}
             elif len(args) != 1:
                 raise ControlError(f"expects one argument, got {len(args)}")

@@ -15,7 +15,8 @@ import numpy as np
 
 EVENT_KEYS = ("music_s", "buffer_s", "rtf", "underflows", "underflow_s", "degrade_level", "degrade_cheaper",
               "degrade_repeats", "degrade_silences", "scene_changes", "directive", "source_state", "sink_outages",
-              "sink_outage_s", "frame_age_s", "transport", "bundle", "reload", "reload_error")
+              "sink_outage_s", "frame_age_s", "transport", "bundle", "reload", "reload_error", "prompt",
+              "prompt_weight")
 THUMBNAIL_WIDTH = 320
 
 

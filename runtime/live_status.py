@@ -56,6 +56,8 @@ def snapshot(engine, sink, started: float) -> dict:
         "embeds": engine.gate.passed,
         "embeds_skipped": engine.gate.skipped,
         "directive": scene.directive if scene is not None else None,
+        "prompt": engine.prompt.text,
+        "prompt_weight": engine.prompt.weight,
         "reprimes": engine.stream.generator.reprimes if engine.stream is not None else 0,
         "window_frames": engine.window.window_frames if engine.window is not None else None,
         "keep_frames": engine.window.keep_frames if engine.window is not None else None,

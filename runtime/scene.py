@@ -32,10 +32,18 @@ import numpy as np
 class Scene:
     """A scene the music can follow: its conditioning, directive and first sighting."""
 
-    conditioning: np.ndarray  # (1, N, D)
+    conditioning: np.ndarray  # (1, N, D): the image's tokens, then a prompt's (runtime.live_prompt)
     mask: np.ndarray  # (1, N)
     directive: str | None
     started: float  # monotonic time of the first frame that showed it
+    weight: np.ndarray | None = None  # (1, N) token weights (None: all 1)
+    image: tuple[np.ndarray, np.ndarray] | None = None  # the image's own (conditioning, mask)
+    prompt: str | None = None
+
+    @property
+    def bound(self) -> tuple:
+        """(conditioning, mask, weight): what the decoder is given."""
+        return self.conditioning, self.mask, self.weight
 
 
 @dataclass
@@ -142,14 +150,21 @@ class FrameGate:
         return False
 
 
-def blend(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray], alpha: float):
-    """Conditioning part-way from ``old`` to ``new`` (alpha in [0, 1]); masks are unioned,
-    a token present on one side only is weighted by that side's share."""
+def blend(old: tuple, new: tuple, alpha: float) -> tuple:
+    """(conditioning, mask, weight) part-way from ``old`` to ``new`` (alpha in [0, 1]); masks
+    are unioned, a token present on one side only is weighted by that side's share; token
+    weights (None: all 1) move linearly, so a prompt's weight glides too."""
     if alpha >= 1.0:
         return new
-    (oc, om), (nc, nm) = old, new
+    (oc, om, ow), (nc, nm, nw) = old, new
     n = max(oc.shape[1], nc.shape[1])
     oc, nc = (np.pad(c, ((0, 0), (0, n - c.shape[1]), (0, 0))) for c in (oc, nc))
     om, nm = (np.pad(m, ((0, 0), (0, n - m.shape[1]))) for m in (om, nm))
     cond = (1 - alpha) * oc * om[..., None] + alpha * nc * nm[..., None]  # (1, N, D)
-    return cond.astype(np.float32), np.maximum(om, nm)
+    weight = None
+    if ow is not None or nw is not None:
+        # a weight has its mask's shape; missing ones are 1, padding too
+        ow, nw = (np.pad(np.ones(m.shape, np.float32) if w is None else w, ((0, 0), (0, n - m.shape[1])),
+                         constant_values=1.0) for w, m in ((ow, old[1]), (nw, new[1])))
+        weight = ((1 - alpha) * ow + alpha * nw).astype(np.float32)  # (1, N)
+    return cond.astype(np.float32), np.maximum(om, nm), weight

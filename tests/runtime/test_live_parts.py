@@ -173,13 +173,17 @@ def test_resampler_streams_without_seams():
 
 
 def test_blend_interpolates_conditioning():
-    old = (np.ones((1, 3, 4), np.float32), np.array([[1, 1, 0]]))
-    new = (np.full((1, 5, 4), 3.0, np.float32), np.array([[1, 1, 1, 1, 0]]))
-    cond, mask = blend(old, new, 0.25)
-    assert cond.shape == (1, 5, 4)
+    old = (np.ones((1, 3, 4), np.float32), np.array([[1, 1, 0]]), None)
+    new = (np.full((1, 5, 4), 3.0, np.float32), np.array([[1, 1, 1, 1, 0]]), None)
+    cond, mask, weight = blend(old, new, 0.25)
+    assert cond.shape == (1, 5, 4) and weight is None
     np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0]])
     np.testing.assert_allclose(cond[0, :, 0], [1.5, 1.5, 0.75, 0.75, 0.0])
     assert blend(old, new, 1.0) is new
+    # a prompt (weight 3) joining: its tokens' weights glide from 1 (absent) to 3
+    prompted = (new[0], new[1], np.array([[1, 1, 1, 3, 3]], np.float32))
+    _, _, weight = blend(old, prompted, 0.25)
+    np.testing.assert_allclose(weight, [[1, 1, 1, 1.5, 1.5]])
 
 
 @pytest.mark.parametrize("bad", [dict(), dict(camera="0", synthetic=True), dict(video="/nope.mp4"),

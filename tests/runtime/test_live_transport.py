@@ -94,11 +94,12 @@ def test_bad_new_fields_are_named(body, message):
 
 def fake_engine(model=None, root="/bundles/a"):
     """What LiveControl and BundleReloader read of an engine."""
+    from runtime.live_prompt import LivePrompt
     from runtime.sampling import SamplingConfig
 
     engine = SimpleNamespace(config=SimpleNamespace(sampling=SamplingConfig()), transport=Transport(RATE),
                              source=SimpleNamespace(latest=lambda: (None, None, 0.0)), budget=None,
-                             window=SimpleNamespace(window_frames=250), swapped=[],
+                             window=SimpleNamespace(window_frames=250), swapped=[], prompt=LivePrompt(),
                              pipeline=SimpleNamespace(bundle=SimpleNamespace(root=root, model=model or SimpleNamespace(
                                  decoder=SimpleNamespace(vocab_size=2048)))))
     engine.set_sampling = lambda s: setattr(engine.config, "sampling", s)
