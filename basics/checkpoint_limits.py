@@ -21,9 +21,12 @@ def decoder_problems(decoder) -> list[str]:
     elif (hidden // heads) % 8:
         problems.append(f"decoder head size {hidden // heads} (hidden_size / num_attention_heads) is not a "
                         "multiple of 8, which ONNX Runtime's GroupQueryAttention needs")
-    if getattr(decoder, "audio_channels", 1) != 1:
-        problems.append(f"stereo checkpoints ({decoder.num_codebooks} codebooks, {decoder.audio_channels} "
-                        "channels) are not supported yet: use a mono MusicGen (musicgen-small/-medium/-large)")
+    channels = getattr(decoder, "audio_channels", 1)
+    if channels not in (1, 2):
+        problems.append(f"decoder audio_channels {channels}: MusicGen is mono (1) or stereo (2)")
+    elif decoder.num_codebooks % channels:
+        problems.append(f"a stereo decoder interleaves left and right codebooks: {decoder.num_codebooks} "
+                        "codebooks cannot be split in two")
     pad = decoder.pad_token_id
     if pad is None or not 0 <= pad <= decoder.vocab_size:
         problems.append(f"decoder pad_token_id {pad} is not a code id or the one past the vocabulary "
@@ -49,9 +52,10 @@ def musicgen_problems(config) -> list[str]:
         problems.append(f"decoder vocab_size {decoder.vocab_size} exceeds EnCodec's codebook_size "
                         f"{codec.codebook_size}")
     frame_rate = codec.sampling_rate // hop
-    if decoder.max_position_embeddings < frame_rate + decoder.num_codebooks:
+    span = per_channel  # the delay pattern's length: each channel's codebooks are delayed 0..per_channel-1
+    if decoder.max_position_embeddings < frame_rate + span:
         problems.append(f"decoder max_position_embeddings {decoder.max_position_embeddings} holds less than "
-                        f"1 s of music ({frame_rate} frames + {decoder.num_codebooks} for the delay pattern)")
+                        f"1 s of music ({frame_rate} frames + {span} for the delay pattern)")
     return problems
 
 

@@ -23,7 +23,7 @@ class AudioConfig:
     hop_length: int
     """Samples per code frame (640)."""
     channels: int = 1
-    """Audio channels (1: stereo checkpoints are not supported yet)."""
+    """Audio channels of the music: 1, or 2 for a stereo MusicGen (EnCodec decodes each channel)."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,26 @@ class DecoderConfig:
     """Positions the cache holds (2048, MusicGen's trained maximum)."""
     kv_cache: str = "groupqueryattention-inplace"
     """How the step graph keeps its cache."""
+    audio_channels: int = 1
+    """2 for a stereo decoder: codebooks interleaved left/right (even = left)."""
+
+    @property
+    def delay_span(self) -> int:
+        """Codebooks per channel: codebook k is delayed by k // audio_channels steps, so the delay
+        pattern spans this many positions (4 for mono K=4 and stereo K=8 alike)."""
+        return self.num_codebooks // self.audio_channels
+
+    @property
+    def delays(self):
+        """(K,) each codebook's delay in steps (numpy)."""
+        import numpy as np
+
+        return np.arange(self.num_codebooks) // self.audio_channels
 
     @property
     def max_frames(self) -> int:
-        """Most audio frames one window can hold: the delay pattern adds K positions."""
-        return self.max_length - self.num_codebooks
+        """Most audio frames one window can hold: the delay pattern adds its span to the positions."""
+        return self.max_length - self.delay_span
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from basics.presets import (
     TINY_CLIP_IMAGE_SIZE,
     check_preset,
     clip_config,
+    is_tiny,
     musicgen_config,
     musicgen_generation_defaults,
 )
@@ -65,8 +66,12 @@ class LoadedModels:
         return self.sample_rate // self.frame_rate
 
     def audio_config(self) -> AudioConfig:
-        return AudioConfig(self.sample_rate, self.frame_rate, self.hop_length,
-                           int(self.musicgen.config.audio_encoder.audio_channels))
+        return AudioConfig(self.sample_rate, self.frame_rate, self.hop_length, self.audio_channels)
+
+    @property
+    def audio_channels(self) -> int:
+        """Channels of the music: the decoder's (a stereo MusicGen decodes each with a mono EnCodec)."""
+        return int(getattr(self.musicgen.config.decoder, "audio_channels", 1))
 
     def decoder_config(self) -> DecoderConfig:
         """The decoder facts a bundle records (and its decoder session runs on)."""
@@ -76,6 +81,7 @@ class LoadedModels:
             decoder_start_token_id=int(gen.decoder_start_token_id), hidden_size=dec.hidden_size,
             num_layers=dec.num_hidden_layers, num_heads=dec.num_attention_heads,
             head_dim=dec.hidden_size // dec.num_attention_heads, max_length=dec.max_position_embeddings,
+            audio_channels=self.audio_channels,
         )
 
     def sampling_defaults(self) -> SamplingDefaults:
@@ -119,7 +125,7 @@ def build_preset(preset: str, seed: int = 0) -> LoadedModels:
             eos_id=clip_tok.eos_token_id, pad_id=clip_tok.pad_token_id,
         )
     )
-    size = TINY_CLIP_IMAGE_SIZE if preset == "tiny" else 224
+    size = TINY_CLIP_IMAGE_SIZE if is_tiny(preset) else 224
     image_config = ClipImageConfig(shortest_edge=size, crop_height=size, crop_width=size)
     return LoadedModels(musicgen.eval(), clip.eval(), t5_tok, clip_tok, image_config, {"preset": preset, "seed": seed})
 

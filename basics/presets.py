@@ -2,6 +2,9 @@
 
 - ``tiny``: the real transformers architectures at toy sizes, built in well under a
   second; every code path users run with real weights runs on these in tests.
+- ``tiny-stereo``: ``tiny`` with a stereo decoder as facebook/musicgen-stereo-* have it: 8
+  codebooks, left and right interleaved (even = left), each channel's 4 delayed by 0..3;
+  EnCodec stays mono and decodes each channel.
 - ``small-random`` / ``medium-random``: the exact configs of facebook/musicgen-small /
   -medium (decoder + t5-base + EnCodec 32 kHz) and openai/clip-vit-base-patch32, with
   random weights: same compute as the released checkpoints, so timings are real.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRESETS = ("tiny", "small-random", "medium-random")
+PRESETS = ("tiny", "tiny-stereo", "small-random", "medium-random")
 
 MUSICGEN_SPECIAL_ID = 2048
 """pad = bos = decoder start token of the MusicGen decoder (one past the codebook)."""
@@ -37,12 +40,21 @@ class DecoderSize:
 
 DECODER_SIZES = {
     "tiny": DecoderSize(hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128),
+    "tiny-stereo": DecoderSize(hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128),
     "small-random": DecoderSize(hidden_size=1024, num_layers=24, num_heads=16, ffn_dim=4096),
     "medium-random": DecoderSize(hidden_size=1536, num_layers=48, num_heads=24, ffn_dim=6144),
 }
 
 TINY_CLIP_IMAGE_SIZE = 32
 """The tiny CLIP's input resolution (patch 8 -> 16 patches)."""
+
+
+def is_tiny(preset: str) -> bool:
+    return preset.startswith("tiny")
+
+
+def is_stereo(preset: str) -> bool:
+    return preset.endswith("-stereo")
 
 
 def check_preset(name: str) -> None:
@@ -71,13 +83,13 @@ def musicgen_config(preset: str, text_vocab_size: int):
         activation_dropout=0.0,
         layerdrop=0.0,
         scale_embedding=False,
-        num_codebooks=4,
-        audio_channels=1,
+        num_codebooks=8 if is_stereo(preset) else 4,
+        audio_channels=2 if is_stereo(preset) else 1,
         pad_token_id=MUSICGEN_SPECIAL_ID,
         bos_token_id=MUSICGEN_SPECIAL_ID,
         tie_word_embeddings=False,
     )
-    if preset == "tiny":
+    if is_tiny(preset):
         text = T5Config(
             vocab_size=text_vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
             num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -126,7 +138,7 @@ def clip_config(preset: str, text_vocab_size: int, bos_id: int, eos_id: int, pad
 
     check_preset(preset)
     tokens = dict(vocab_size=text_vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
-    if preset == "tiny":
+    if is_tiny(preset):
         text = CLIPTextConfig(
             hidden_size=32, intermediate_size=64, projection_dim=16, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu", **tokens,

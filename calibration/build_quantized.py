@@ -126,7 +126,9 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
     data["failures"] = check(options.precision, data)
     summary = write_report(root, data)
     report(f"  accuracy: teacher-forced agreement {tf['agreement']:.4f}, KL {tf['kl_mean']:.3g}, "
-           f"max |Δlogit| {tf['max_abs_diff']:.3g}, greedy agreement {greedy:.4f}, CLIP cosine {cosine:.5f} -> "
+           f"max |Δlogit| {tf['max_abs_diff']:.3g}, greedy agreement {greedy:.4f}, CLIP cosine {cosine:.5f}"
+           + (f", T5 cosine {data['text']['cosine']:.5f}" if (data["text"] or {}).get("cosine") is not None else "")
+           + " -> "
            f"{'PASS' if summary['passed'] else 'FAIL'}")
     for generator in (test_generator, fp32_generator):
         generator.decoder.close()

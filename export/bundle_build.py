@@ -110,8 +110,9 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         "cross_kv": cross_kv_spec(text_dim, d.num_layers, d.num_heads, d.head_dim),
         "decoder_step": decoder_step_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads, d.head_dim),
     }
+    # EnCodec is mono: a stereo decoder's channels are decoded apart, d.delay_span codebooks each
     specs["encodec_stream_front"], specs["encodec_stream_back"] = encodec_stream_specs(
-        d.num_codebooks, lstm_channels, lstm_layers)
+        d.delay_span, lstm_channels, lstm_layers)
 
     step("clip_vision.onnx")
     size = models.image_config.crop_height
@@ -142,7 +143,7 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     step("encodec_stream_front.onnx + encodec_stream_back.onnx (exact streaming decode)")
     codec = mg.audio_encoder
     state = torch.zeros(lstm_layers, 1, lstm_channels)
-    export_module(EncodecStreamFront(codec), (torch.zeros(1, d.num_codebooks, 16, dtype=torch.long), state, state),
+    export_module(EncodecStreamFront(codec), (torch.zeros(1, d.delay_span, 16, dtype=torch.long), state, state),
                   specs["encodec_stream_front"], out / "encodec_stream_front.onnx")
     export_module(EncodecStreamBack(codec), (torch.zeros(1, lstm_channels, 8),), specs["encodec_stream_back"],
                   out / "encodec_stream_back.onnx")

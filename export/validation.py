@@ -186,7 +186,8 @@ def validate_encodec_stream(front_session, back_session, models, batch: int = 2,
     codec = models.musicgen.audio_encoder
     layers, channels = lstm_shape(codec)
     rng = np.random.default_rng(seed)
-    codes = rng.integers(0, models.decoder_config().vocab_size, (batch, models.num_codebooks, frames)).astype(np.int64)
+    d = models.decoder_config()
+    codes = rng.integers(0, d.vocab_size, (batch, d.delay_span, frames)).astype(np.int64)  # one channel's codebooks
     h = rng.standard_normal((layers, batch, channels)).astype(np.float32) * 0.1
     c = rng.standard_normal((layers, batch, channels)).astype(np.float32) * 0.1
     with torch.no_grad():

@@ -65,11 +65,12 @@ class WavRecorder:
     A failed write (disk full) raises :class:`Img2MusicError` once and stops the recording:
     :attr:`failed` says why, :attr:`samples` what the file holds."""
 
-    def __init__(self, path: str, rate: int, flush_every: float = 1.0, subtype: str = "FLOAT") -> None:
+    def __init__(self, path: str, rate: int, flush_every: float = 1.0, subtype: str = "FLOAT",
+                 channels: int = 1) -> None:
         import soundfile
 
         try:
-            self.file = soundfile.SoundFile(path, mode="w", samplerate=rate, channels=1, subtype=subtype)
+            self.file = soundfile.SoundFile(path, mode="w", samplerate=rate, channels=channels, subtype=subtype)
             self._header = open(path, "r+b")  # noqa: SIM115 - held open to patch the sizes
         except (RuntimeError, OSError) as exc:  # soundfile raises LibsndfileError (a RuntimeError)
             raise Img2MusicError(f"cannot write {printable(path)}: {exc}") from None

@@ -36,6 +36,32 @@ FrontFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.nd
 BackFn = Callable[[np.ndarray], np.ndarray]
 
 
+class ChannelStreamDecoder:
+    """A stereo MusicGen's stream: each channel's codebooks (k::C, even = left) decoded as its
+    own mono row by one :class:`EncodecStreamDecoder` of batch B * C, as transformers decodes
+    left and right apart. (B, K, T) codes -> (B, samples, C) audio."""
+
+    def __init__(self, decoder: "EncodecStreamDecoder", channels: int) -> None:
+        self.decoder, self.channels = decoder, channels
+
+    def _rows(self, codes: np.ndarray) -> np.ndarray:
+        b, k, t = codes.shape
+        c = self.channels
+        return codes.reshape(b, k // c, c, t).transpose(0, 2, 1, 3).reshape(b * c, k // c, t)  # (B*C, K/C, T)
+
+    def _frames(self, audio: np.ndarray) -> np.ndarray:
+        return audio.reshape(-1, self.channels, audio.shape[1]).transpose(0, 2, 1)  # (B*C, S) -> (B, S, C)
+
+    def push(self, codes: np.ndarray) -> np.ndarray:
+        return self._frames(self.decoder.push(self._rows(codes)))
+
+    def flush(self) -> np.ndarray:
+        return self._frames(self.decoder.flush())
+
+    def reset(self) -> None:
+        self.decoder.reset()
+
+
 class EncodecStreamDecoder:
     """Feed code chunks with :meth:`push`, end with :meth:`flush`; audio comes out in order.
 

@@ -135,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 directives = result.directives
                 timer.merge(result.timer)
                 with timer.stage("write wav"):
+                    channels = result.audio.shape[2] if result.audio.ndim == 3 else 1  # (B, S[, C])
                     for path, audio in zip(paths, result.audio):
-                        recorders.append(WavRecorder(str(path), result.sample_rate))
+                        recorders.append(WavRecorder(str(path), result.sample_rate, channels=channels))
                         recorders[-1].write(audio)
     except KeyboardInterrupt:
         if recorders:
@@ -173,7 +174,7 @@ def _stream_to_wavs(pipeline, images, sampling, args, paths, recorders: list, ti
     # (measured on small-random, 2 threads: 1.36x at 1 s, 1.16x at 2 s, 1.00x at 5 s).
     stream = pipeline.stream(images, args.seconds, sampling, chunk_frames=5 * pipeline.frame_rate, window=window,
                              timer=timer, prompt=args.prompt, prompt_weight=prompt_weight)
-    recorders.extend(WavRecorder(str(path), pipeline.sample_rate) for path in paths)
+    recorders.extend(WavRecorder(str(path), pipeline.sample_rate, channels=pipeline.channels) for path in paths)
     for chunk in stream:
         with timer.stage("write wav"):
             for recorder, audio in zip(recorders, chunk.audio):

@@ -12,7 +12,9 @@ frame p-1-k; the pad id goes where that frame does not exist (p <= k, the start)
 past the end of a fixed-length piece (transformers' ``build_delay_pattern_mask`` puts
 pads there too, and the last K-1 steps see them as inputs: a fixed-length piece of F
 frames equals transformers ``generate`` with ``max_length=F+K``, token for token).
-One step completes one frame (codebook K-1's), after the first K-1.
+One step completes one frame (codebook K-1's), after the first K-1. Stereo checkpoints
+interleave left and right codebooks and delay each channel's like a mono piece
+(``runtime.delay_pattern``): read K as the delay span S = K / 2 in the arithmetic above.
 
 Windows: MusicGen was trained on 30 s (1500 steps) and positions stop at 2048. When a
 window is full, its last ``keep_frames`` frames become the prompt of the next, laid out
@@ -70,6 +72,8 @@ class CodeGenerator:
         config = decoder.config
         self.k, self.pad_id = config.num_codebooks, config.pad_token_id
         self._books = np.arange(self.k)  # (K,)
+        self._delays = config.delays  # (K,) k, or k // 2 for stereo
+        self.span = config.delay_span  # positions the delay pattern adds (K mono, K / 2 stereo)
         self.piece = 0
         """Increments at every start(): lets a stream notice that it was superseded."""
         self.reprimes = 0
@@ -144,7 +148,7 @@ class CodeGenerator:
         steps of a window complete no new frame)."""
         if self.done:
             raise Img2MusicError("the piece is complete")
-        if self.t + 1 >= min(self.sequence.shape[2], self.window.window_frames + self.k):
+        if self.t + 1 >= min(self.sequence.shape[2], self.window.window_frames + self.span):
             self._reprime(self.frames[:, :, max(0, self.count - self.window.keep_frames) : self.count])
         if self._pending is not None:
             logits, self._pending = self._pending, None
@@ -152,17 +156,17 @@ class CodeGenerator:
             logits = self.decoder.step(decoder_rows(self.sequence[:, :, self.t], self.guidance))  # (B2, K, V)
         new = self.sampler(self._guided(logits, sampling.guidance_scale), sampling)  # (B, K)
         pos = self.t + 1
-        local = written_frames(pos, self.k)  # (K,) the window frame each codebook writes
+        local = written_frames(pos, self._delays)  # (K,) the window frame each codebook writes
         prompt = (local >= 0) & (local < self.prompt_frames)
         if prompt.any():
             new[:, prompt] = self.frames[:, self._books[prompt], local[prompt]]
         new[:, is_padding(self.window_start + local, self.total)] = self.pad_id
         self.sequence[:, :, pos] = new
         self.t = pos
-        complete = pos - self.k  # codebook K-1 just wrote this frame
+        complete = pos - self.span  # the most delayed codebooks just wrote this frame
         if complete < self.prompt_frames:
             return None
-        frame = self.sequence[:, self._books, complete + 1 + self._books]  # (B, K)
+        frame = self.sequence[:, self._books, complete + 1 + self._delays]  # (B, K)
         self.frames[:, :, self.count] = frame
         self.count += 1
         self.emitted += 1
@@ -193,7 +197,7 @@ class CodeGenerator:
     @property
     def frames_until_reprime(self) -> int:
         """Steps left in this window before the next re-prime."""
-        return min(self.sequence.shape[2], self.window.window_frames + self.k) - 1 - self.t
+        return min(self.sequence.shape[2], self.window.window_frames + self.span) - 1 - self.t
 
     @property
     def tokens(self) -> np.ndarray:
@@ -208,9 +212,9 @@ class CodeGenerator:
         self.frames = np.empty((b, k, w), dtype=np.int64)  # (B, K, W) un-delayed frames, prompt first
         self.frames[:, :, :p] = prompt
         self.count, self.prompt_frames, self.window_start = p, p, window_start
-        self.sequence = np.full((b, k, w + k), self.pad_id, dtype=np.int64)  # (B, K, W+K), start token at 0
-        for i in range(k):
-            self.sequence[:, i, 1 + i : 1 + i + p] = prompt[:, i]
+        self.sequence = np.full((b, k, w + self.span), self.pad_id, dtype=np.int64)  # (B, K, W+S), start at 0
+        for i, d in enumerate(self._delays):
+            self.sequence[:, i, 1 + d : 1 + d + p] = prompt[:, i]
         self.t = 0  # last position written
         self._pending = None  # logits for position t + 1 from a prefill
 

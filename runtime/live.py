@@ -228,6 +228,9 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     # music with spinning off, 1.00-1.02x with it on. With plenty of headroom the engine
     # turns it off again after measuring (live_budget.SPIN_BELOW): idle spinning burns cores.
     pipeline = OnnxPipeline.load(engines, threads=threads, spinning=True, provider=provider, cuda_graph=cuda_graph)
+    if pipeline.channels != 1:
+        raise Img2MusicError(f"{engines} is a stereo bundle: live.py plays mono bundles for now "
+                             "(generate.py writes stereo WAVs)")
     if config.prompt is not None:  # a bad prompt or a bundle without text: one error now, not per frame
         pipeline.encode_text(config.prompt)
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))

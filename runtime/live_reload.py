@@ -22,7 +22,8 @@ from basics.errors import Img2MusicError
 
 log = logging.getLogger(__name__)
 
-SAME = (("audio", "sample_rate"), ("audio", "frame_rate"), ("audio", "hop_length"), ("decoder", "num_codebooks"))
+SAME = (("audio", "sample_rate"), ("audio", "frame_rate"), ("audio", "hop_length"), ("audio", "channels"),
+        ("decoder", "num_codebooks"))
 """Model facts a reloaded bundle must share with the running one: the playout, the
 resampler and the recording carry on unchanged."""
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from basics.errors import Img2MusicError
-from runtime.encodec_stream import EncodecStreamDecoder
+from runtime.encodec_stream import ChannelStreamDecoder, EncodecStreamDecoder
 from runtime.generation import CodeGenerator
 from runtime.sampling import SamplingConfig
 from runtime.timing import StageTimer
@@ -29,7 +29,8 @@ class AudioChunk:
     """What one chunk produced."""
 
     audio: np.ndarray
-    """(B, samples) float32 audio that is final; it lags the codes by the decoder's lookahead."""
+    """(B, samples) float32 audio that is final ((B, samples, 2) for stereo); it lags the codes by
+    the decoder's lookahead."""
     codes: np.ndarray
     """(B, K, n) the code frames generated for this chunk."""
     last: bool
@@ -39,7 +40,8 @@ class AudioChunk:
 class MusicStream:
     """Audio of a started piece, chunk by chunk (see the module docstring)."""
 
-    def __init__(self, generator: CodeGenerator, encodec: EncodecStreamDecoder, sampling: SamplingConfig,
+    def __init__(self, generator: CodeGenerator, encodec: "EncodecStreamDecoder | ChannelStreamDecoder",
+                 sampling: SamplingConfig,
                  chunk_frames: int = 50, directives: list[str] | None = None, timer: StageTimer | None = None) -> None:
         self.generator, self.encodec = generator, encodec
         self.sampling = sampling

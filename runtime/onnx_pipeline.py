@@ -30,7 +30,7 @@ from runtime.backends import SessionOptions, open_sessions
 from runtime.bundle import Bundle, load_bundle
 from runtime.conditioning import Conditioning, check_inputs, text_only, with_prompt
 from runtime.delay_pattern import check_frames, frames_for_seconds
-from runtime.encodec_stream import EncodecStreamDecoder, onnx_stream_functions
+from runtime.encodec_stream import ChannelStreamDecoder, EncodecStreamDecoder, onnx_stream_functions
 from runtime.generation import CodeGenerator, Windowing
 from runtime.music_stream import MusicStream
 from runtime.preprocess import ImageLike, preprocess_images
@@ -87,6 +87,11 @@ class OnnxPipeline:
         return self.bundle.model.audio.frame_rate
 
     @property
+    def channels(self) -> int:
+        """Audio channels: 1, or 2 for a stereo bundle."""
+        return self.bundle.model.audio.channels
+
+    @property
     def num_codebooks(self) -> int:
         return self.bundle.model.decoder.num_codebooks
 
@@ -129,15 +134,18 @@ class OnnxPipeline:
             image = Conditioning(*self.project(image_embeds))
         return image if text is None else with_prompt(image, *text, prompt=prompt, weight=prompt_weight)
 
-    def stream_decoder(self, batch: int) -> EncodecStreamDecoder:
-        """A fresh exact streaming EnCodec decoder for ``batch`` streams."""
-        s = self.bundle.model.encodec_stream
+    def stream_decoder(self, batch: int):
+        """A fresh exact streaming EnCodec decoder for ``batch`` streams: (B, K, T) codes in,
+        (B, samples) audio out, or (B, samples, 2) for a stereo bundle (each channel decoded apart)."""
+        s, channels = self.bundle.model.encodec_stream, self.channels
         front, back = onnx_stream_functions(self.sessions["encodec_stream_front"], self.sessions["encodec_stream_back"])
-        return EncodecStreamDecoder(front, back, (s.lstm_layers, batch, s.lstm_channels),
-                                    self.bundle.model.audio.hop_length)
+        decoder = EncodecStreamDecoder(front, back, (s.lstm_layers, batch * channels, s.lstm_channels),
+                                       self.bundle.model.audio.hop_length)
+        return decoder if channels == 1 else ChannelStreamDecoder(decoder, channels)
 
     def decode_audio(self, codes: np.ndarray) -> np.ndarray:
-        """(B, K, F) whole-piece codes -> (B, F * hop) float32, through the streaming decoder."""
+        """(B, K, F) whole-piece codes -> (B, F * hop) float32 (stereo: (B, F * hop, 2)), through
+        the streaming decoder."""
         check_frames(codes.shape[-1], self.frame_rate)
         decoder = self.stream_decoder(codes.shape[0])
         return np.concatenate([decoder.push(codes), decoder.flush()], axis=1)

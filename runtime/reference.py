@@ -59,8 +59,8 @@ class ReferencePipeline:
     @property
     def max_frames(self) -> int:
         """Longest output of one ``generate`` call: the decoder's trained positions."""
-        k = self.models.num_codebooks
-        return int(self.models.musicgen.config.decoder.max_position_embeddings) - k
+        span = self.models.decoder_config().delay_span
+        return int(self.models.musicgen.config.decoder.max_position_embeddings) - span
 
     def embed_images(self, pixel_values: np.ndarray):
         """(B, 3, H, W) CLIP pixels -> (B, D_clip) image embeddings."""
@@ -126,11 +126,11 @@ class ReferencePipeline:
                 f"({self.max_frames / self.models.frame_rate:.1f} s); asked for {frames}"
             )
         mg = self.models.musicgen
-        k = self.models.num_codebooks
+        span = self.models.decoder_config().delay_span  # K, or K / 2 for stereo
         check_frames(frames, self.models.frame_rate)
         p = 0 if prompt is None else prompt.shape[2]
         kwargs = dict(
-            max_length=p + frames + k,  # start token + frames + (K-1) delay steps
+            max_length=p + frames + span,  # start token + frames + (S-1) delay steps
             do_sample=not sampling.greedy,
             guidance_scale=sampling.guidance_scale if sampling.uses_guidance else None,
             num_return_sequences=1,
@@ -167,13 +167,19 @@ class ReferencePipeline:
             finally:
                 if hook is not None:
                     hook.remove()
-        return capture.codes[0]  # (1, B, K, F) -> (B, K, F)
+        return capture.codes()  # (B, K, F)
 
     def decode_audio(self, codes) -> np.ndarray:
-        """(B, K, F) codes -> (B, F * hop) float32 audio, as ``generate`` decodes them."""
+        """(B, K, F) codes -> (B, F * hop) float32 audio, as ``generate`` decodes them; stereo:
+        (B, F * hop, 2), each channel's codebooks (even = left) decoded on their own."""
+        channels = self.models.audio_channels
+        codec = self.models.musicgen.audio_encoder
         with self.torch.inference_mode():
-            audio = self.models.musicgen.audio_encoder.decode(codes[None], [None] * codes.shape[0]).audio_values
-        return audio[:, 0].float().numpy()  # (B, samples)
+            audio = [codec.decode(codes[None, :, c::channels], [None] * codes.shape[0]).audio_values[:, 0]
+                     for c in range(channels)]  # each (B, samples)
+        if channels == 1:
+            return audio[0].float().numpy()
+        return self.torch.stack(audio, dim=-1).float().numpy()  # (B, samples, C)
 
     @contextmanager
     def _swapped(self, conditioning, capture: "_CodeCapture") -> Iterator[None]:
@@ -271,14 +277,24 @@ class _FixedEncoder(_torch_module_base()):
 
 
 class _CodeCapture(_torch_module_base()):
-    """Stands in for EnCodec inside ``generate``: keeps the codes, decodes nothing."""
+    """Stands in for EnCodec inside ``generate``: keeps the codes, decodes nothing. A stereo
+    ``generate`` decodes twice (left codebooks, then right): :meth:`codes` interleaves them back."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.codes = None
+        self.calls = []
+
+    def codes(self):
+        """(B, K, F) every codebook, in the decoder's order."""
+        import torch
+
+        if len(self.calls) == 1:
+            return self.calls[0][0]
+        left, right = (c[0] for c in self.calls)  # (B, K/2, F) each
+        return torch.stack([left, right], dim=2).flatten(1, 2)  # (B, K, F): L0 R0 L1 R1 ...
 
     def decode(self, audio_codes, audio_scales=None, **kwargs):
         from transformers.models.encodec.modeling_encodec import EncodecDecoderOutput
 
-        self.codes = audio_codes.clone()  # (1, B, K, F)
+        self.calls.append(audio_codes.clone())  # (1, B, K or K/2, F)
         return EncodecDecoderOutput(audio_values=audio_codes.new_zeros((audio_codes.shape[1], 1, 0)).float())
