@@ -74,6 +74,8 @@ class BundleReloader:
         limit = engine.budget.max_frames if engine.budget is not None else (
             engine.window.window_frames if engine.window is not None else 0)
         why = incompatibility(engine.pipeline.bundle.model, candidate, limit)
+        if why is None and candidate.text is None and getattr(engine.prompt, "text", None) is not None:
+            why = "a prompt is in force and it has no text encoder (clear the prompt first)"
         if why is not None:
             raise ControlError(f"bundle {path} does not fit this run: {why}", status=409)
         with self._lock:

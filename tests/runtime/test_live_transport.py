@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.live_control import ControlError, LiveControl, validate
+from runtime.live_prompt import LivePrompt
 from runtime.live_reload import BundleReloader, incompatibility
 from runtime.live_transport import RAMP_SECONDS, Transport
 
@@ -94,7 +95,6 @@ def test_bad_new_fields_are_named(body, message):
 
 def fake_engine(model=None, root="/bundles/a"):
     """What LiveControl and BundleReloader read of an engine."""
-    from runtime.live_prompt import LivePrompt
     from runtime.sampling import SamplingConfig
 
     engine = SimpleNamespace(config=SimpleNamespace(sampling=SamplingConfig()), transport=Transport(RATE),
@@ -166,6 +166,16 @@ def test_a_bundle_for_other_audio_is_refused_at_once(tiny_bundle, tmp_path):
     assert incompatibility(model, model, 250) is None
     assert "holds" in incompatibility(model, model, model.decoder.max_frames + 1)
     assert control.reloader.state == "idle" and control.settings()["changes"] == {}
+
+    def no_text(m):
+        m.pop("text")
+
+    textless = _copy(tiny_bundle, tmp_path / "no-text", no_text)
+    engine.prompt = LivePrompt("slow jazz piano")  # a prompt in force: a bundle without T5 cannot take over
+    code = pytest.raises(ControlError, control.submit, {"bundle": str(textless)})
+    assert code.value.status == 409 and "no text encoder" in str(code.value)
+    engine.prompt = LivePrompt()
+    assert control.reloader.reserve(str(textless)) == str(textless.resolve())
 
 
 def test_one_reload_at_a_time_and_a_failure_keeps_the_old_bundle(tiny_bundle, tmp_path):
