@@ -40,7 +40,7 @@ from calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_
 from calibration.representative_data import representative_images
 from runtime.bundle import sha256_file
 from runtime.generation import CodeGenerator
-from runtime.onnx_session import create_session
+from runtime.onnx_session import create_session, weights_over
 from runtime.ort_decoder_session import OrtDecoderSession
 from runtime.preprocess import preprocess_images
 from runtime.sampling import SamplingConfig
@@ -80,7 +80,8 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
     """Convert the fp32 graphs in ``root``; returns the manifest sections it defines.
     ``report`` receives the summary lines (default: the log)."""
     report = report or log.info
-    sessions = {n: create_session(root / f"{n}.onnx") for n in ("clip_vision", "projector", "cross_kv", "decoder_step")}
+    sessions = {n: create_session(root / f"{n}.onnx", lean=weights_over(root / f"{n}.onnx"))
+                for n in ("clip_vision", "projector", "cross_kv", "decoder_step")}
 
     images = representative_images(options.images, options.image_limit)
     pixels = preprocess_images([img for _, img in images], image_config)

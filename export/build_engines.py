@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         manifest = build_bundle(partial, models, seed=args.seed, report=lambda line: print(line, flush=True),
                                 quantization=quantization, projector_checkpoint=args.projector,
-                                text=not args.no_text)
+                                text=not args.no_text, release_weights=True)
         if args.tensorrt:
             from export.tensorrt_cache import build_engine_cache
 

@@ -42,12 +42,15 @@ class _Steps:
 
 
 def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None, quantization=None,
-                 projector_checkpoint: str | None = None, text: bool = True) -> dict:
+                 projector_checkpoint: str | None = None, text: bool = True, release_weights: bool = False) -> dict:
     """Export, validate and describe every graph into ``out`` (which must not exist); returns
     the manifest as written. ``report`` receives progress and ✓/✗ lines (default: the log);
     ``quantization``: ``calibration.build_quantized.QuantizationOptions`` for fp16/int8/int4;
     ``projector_checkpoint``: a train.py checkpoint replacing the prompt bank; ``text=False``
-    leaves the text encoder out (image-only bundles, ~110M parameters smaller for t5-base)."""
+    leaves the text encoder out (image-only bundles, ~110M parameters smaller for t5-base);
+    ``release_weights=True`` frees the torch weights once every graph is exported and validated
+    (the caller's ``models`` keep their configs but no weights: the CLI's choice, so that a
+    musicgen-medium build's calibration fits in 24 GB)."""
     import torch
 
     from basics.graph_specs import (
@@ -76,7 +79,7 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         validate_projector,
         validate_text_encoder,
     )
-    from runtime.onnx_session import create_session
+    from runtime.onnx_session import create_session, weights_over
     from runtime.ort_decoder_session import OrtDecoderSession
 
     report = report or log.info
@@ -136,7 +139,8 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
 
     step("decoder_step.onnx (GroupQueryAttention, in-place KV cache)")
     save_model(build_decoder_step(mg.decoder), out / "decoder_step.onnx")
-    decoder = OrtDecoderSession(create_session(out / "decoder_step.onnx"), cross_session, decoder_config)
+    step_path = out / "decoder_step.onnx"
+    decoder = OrtDecoderSession(create_session(step_path, lean=weights_over(step_path)), cross_session, decoder_config)
     run_checks(validate_decoder_step(decoder, models, seed=seed))
     decoder.close()
 
@@ -164,6 +168,12 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         raise Img2MusicError(f"export validation failed for {len(failed)} output(s): "
                              + ", ".join(f"{c.graph}.{c.output}" for c in failed))
     quantized = None
+    if release_weights:  # everything after this point runs the ONNX graphs; configs stay readable
+        import gc
+
+        models.musicgen.to("meta")
+        models.clip.to("meta")
+        gc.collect()
     if quantization is not None:
         from calibration.build_quantized import quantize_bundle
 

@@ -23,12 +23,16 @@ FLOAT, INT32, INT64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
 
 
 class GraphBuilder:
-    """Collects nodes, initializers and I/O; :meth:`model` returns the ``ModelProto``."""
+    """Collects nodes, initializers and I/O; :meth:`model` returns the ``ModelProto``.
+
+    Initializers are written straight into the model's graph: ``helper.make_graph`` and
+    ``make_model`` copy every tensor they are given, and at musicgen-medium size (6 GB of
+    fp32 weights) two extra copies were what ran a 24 GB machine out of memory."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self._model = onnx.ModelProto()
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._ids = itertools.count()
@@ -45,7 +49,7 @@ class GraphBuilder:
         return name
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self._model.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
     def const(self, values, dtype=np.int64) -> str:
@@ -66,11 +70,14 @@ class GraphBuilder:
         return outputs[0] if len(outputs) == 1 else list(outputs)
 
     def model(self, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-            producer_name="img2music",
-        )
+        model, self._model = self._model, onnx.ModelProto()  # the builder lets go of the weights
+        graph = model.graph
+        graph.name = self.name
+        graph.node.extend(self.nodes)
+        graph.input.extend(self.inputs)
+        graph.output.extend(self.outputs)
+        model.opset_import.extend([helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
+        model.producer_name = "img2music"
         model.ir_version = 8  # readable by onnxruntime >= 1.14 (JetPack's builds included)
         for key, value in (metadata or {}).items():
             model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=str(value)))
