@@ -58,7 +58,7 @@ def test_build_engines_cli(tmp_path):
     proc = run("export/build_engines.py", "--preset", "tiny", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "✗" not in proc.stdout and proc.stdout.count("✓") >= 10
-    assert "[7/7]" in proc.stdout and (out / "manifest.json").is_file()
+    assert "[8/8] manifest.json" in proc.stdout and (out / "manifest.json").is_file()
     assert not (tmp_path / "engines.partial").exists()
     again = run("export/build_engines.py", "--preset", "tiny", "--out", out)
     assert again.returncode != 0 and "--force" in again.stderr and "Traceback" not in again.stderr
