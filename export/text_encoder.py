@@ -22,30 +22,12 @@ MAX_PROMPT_TOKENS = 512
 take more, but nothing was trained on longer text."""
 
 
-def _module_base():
-    from torch import nn
-
-    return nn.Module
-
-
-class T5EncoderGraph(_module_base()):
-    """input_ids (B, T), attention_mask (B, T) -> text_hidden (B, T, D_t5), zero where masked."""
-
-    def __init__(self, text_encoder) -> None:
-        super().__init__()
-        self.encoder = text_encoder
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return hidden * attention_mask[..., None].to(hidden.dtype)  # (B, T, D_t5)
-
-
 def export_text_encoder(models, out: Path) -> TextConfig:
     """Write ``t5_encoder.onnx`` and ``tokenizer.json`` into ``out``; returns the manifest's text section."""
     import torch
 
     from basics.graph_specs import t5_encoder_spec
-    from export.torch_export import export_module
+    from export.torch_export import T5EncoderGraph, export_module
 
     tokenizer = models.t5_tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)

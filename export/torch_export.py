@@ -1,4 +1,4 @@
-"""Tracing torch modules to ONNX (clip_vision, encodec_decode).
+"""Tracing torch modules to ONNX (clip_vision, a trained projector, the EnCodec stream graphs, t5_encoder).
 
 Uses torch's TorchScript-based exporter (``dynamo=False``): the dynamo exporter in
 torch 2.13 fails on EnCodec's data-dependent padding, and the traced graphs are
@@ -70,3 +70,15 @@ class ProjectorGraph(_module_base()):
     def forward(self, image_embeds):
         out = self.projector(image_embeds)
         return out.conditioning, out.mask
+
+
+class T5EncoderGraph(_module_base()):
+    """input_ids (B, T), attention_mask (B, T) -> text_hidden (B, T, D_t5), zero where masked."""
+
+    def __init__(self, text_encoder) -> None:
+        super().__init__()
+        self.encoder = text_encoder
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden * attention_mask[..., None].to(hidden.dtype)  # (B, T, D_t5)

@@ -47,6 +47,8 @@ class OrtDecoderSession(DecoderSession):
         self._ort, self.device, self.cuda_graph = ort, device, cuda_graph
         self.step_session = step_session
         self.cross_kv_session = cross_kv_session
+        # bundles built before prompts have no token weights in cross_kv
+        self._weighted = "conditioning_log_weight" in {i.name for i in cross_kv_session.get_inputs()}
         self.config = shape = config
         cache_type = {i.name: i.type for i in step_session.get_inputs()}.get("past_key.0")
         self.cache_dtype = {k: v for k, v in ORT_DTYPES.items() if v in (np.float32, np.float16, np.int8)}.get(cache_type)
@@ -148,8 +150,7 @@ class OrtDecoderSession(DecoderSession):
         weight = np.ones(mask.shape, np.float32) if weight is None else np.ascontiguousarray(weight, np.float32)
         if weight.shape != mask.shape:
             raise Img2MusicError(f"conditioning weights {weight.shape} do not fit the mask {mask.shape}")
-        weighted = "conditioning_log_weight" in {i.name for i in self.cross_kv_session.get_inputs()}
-        if not weighted and np.any(weight[mask > 0] != 1.0):
+        if not self._weighted and np.any(weight[mask > 0] != 1.0):
             raise Img2MusicError("this bundle's cross_kv graph takes no token weights (built before prompts "
                                  "existed): rebuild it with export/build_engines.py")
         if conditioning.shape[0] != self.batch:
@@ -161,7 +162,7 @@ class OrtDecoderSession(DecoderSession):
         self._bind_cross(conditioning.shape[1])
         self._cross_binding.bind_cpu_input("conditioning", conditioning)
         self._cross_binding.bind_cpu_input("conditioning_mask", mask)
-        if weighted:
+        if self._weighted:
             self._cross_binding.bind_cpu_input("conditioning_log_weight", log_weights(weight))
         self.cross_kv_session.run_with_iobinding(self._cross_binding)
         if reset:
