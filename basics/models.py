@@ -174,18 +174,26 @@ def from_pretrained(kind: str, name: str, loader):
 def load_pretrained(musicgen: str = DEFAULT_MUSICGEN, clip: str = DEFAULT_CLIP) -> LoadedModels:
     """Load real checkpoints (hub ids or local directories) through transformers."""
     _require_torch_stack()
-    from transformers import AutoTokenizer, CLIPModel, MusicgenForConditionalGeneration
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     mg = from_pretrained("MusicGen", musicgen, MusicgenForConditionalGeneration.from_pretrained)
     t5_tok = from_pretrained("MusicGen tokenizer", musicgen, AutoTokenizer.from_pretrained)
-    cm = from_pretrained("CLIP", clip, CLIPModel.from_pretrained)
-    clip_tok = from_pretrained("CLIP tokenizer", clip, AutoTokenizer.from_pretrained)
-    proc = from_pretrained("CLIP preprocessor", clip, CLIPImageProcessorPil.from_pretrained)
-    image_config = ClipImageConfig.from_preprocessor_config(proc.to_dict())
+    cm, clip_tok, image_config = load_clip(clip)
     check(musicgen_problems(mg.config), f"MusicGen checkpoint {musicgen!r}")
     check(clip_problems(cm.config, (image_config.crop_height, image_config.crop_width)), f"CLIP checkpoint {clip!r}")
-    return LoadedModels(mg.eval(), cm.eval(), t5_tok, clip_tok, image_config, {"musicgen": musicgen, "clip": clip})
+    return LoadedModels(mg.eval(), cm, t5_tok, clip_tok, image_config, {"musicgen": musicgen, "clip": clip})
+
+
+def load_clip(clip: str, kind: str = "CLIP"):
+    """A CLIP checkpoint (hub id or local directory) -> (CLIPModel in eval mode, tokenizer, ClipImageConfig)."""
+    _require_torch_stack()
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    model = from_pretrained(kind, clip, CLIPModel.from_pretrained)
+    tokenizer = from_pretrained(f"{kind} tokenizer", clip, AutoTokenizer.from_pretrained)
+    proc = from_pretrained(f"{kind} preprocessor", clip, CLIPImageProcessorPil.from_pretrained)
+    return model.eval(), tokenizer, ClipImageConfig.from_preprocessor_config(proc.to_dict())
 
 
 def load_models(preset: str | None = None, musicgen: str | None = None, clip: str | None = None, seed: int = 0) -> LoadedModels:
