@@ -71,6 +71,11 @@ class ConditioningDiscriminator(nn.Module):
         return self.net(pooled(cond, mask))[:, 0]
 
 
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator's scores (B,) on targets (real) and projections (fake)."""
+    return torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+
+
 def delayed_sequence(codes: torch.Tensor, frame_mask: torch.Tensor, pad: int):
     """(B, K, F) codes -> decoder inputs (B*K, F+K-1), labels (B*K, F+K-1) and a label mask,
     in MusicGen's delay pattern (codebook k shifted by k, a start token in front)."""

@@ -6,6 +6,7 @@ Usage::
     python training/train.py --data data/imemnet --out runs/mlp --device cuda          # thesis defaults
     python training/train.py --data data/imemnet --out runs/vit --projector transformer --num-tokens 8 --mel
     python training/train.py --data data/imemnet --out runs/mlp --resume               # after a crash
+    torchrun --nproc_per_node 2 training/train.py --data data/imemnet --out runs/mlp  # training/distributed.py
 
 Every epoch writes ``<out>/last.pt`` (model, optimizers, RNG state, history: ``--resume``
 continues exactly) and, on a better validation latent loss, ``<out>/best.pt``;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -165,40 +167,49 @@ class Trainer:
         models = load_models(preset, musicgen)
         return MusicgenTerms(models.musicgen.to(self.device), mel=self.c.mel)
 
-    def terms(self, batch: dict, train: bool) -> dict:
-        """Every enabled loss term on one batch (a dict of scalar tensors) + the total."""
+    def train_terms(self, batch: dict) -> tuple[dict, dict]:
+        """Every enabled loss term on one batch (scalar tensors) + the total, and their values."""
         torch = self.torch
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            out = self.model(batch["clip_embeds"])
+        t = self.loss_terms(batch, out.conditioning.float(), out.mask)
+        t["total"] = self.total(t)
+        return t, {k: v.detach().item() for k, v in t.items()}
+
+    def loss_terms(self, batch: dict, pred, pred_mask) -> dict:
+        """The enabled terms (each a mean: training/distributed.py weighs them), no total."""
         from training.losses import latent_terms
 
         c = self.c
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            out = self.model(batch["clip_embeds"])
-        pred, pred_mask = out.conditioning.float(), out.mask
-        target, target_mask = batch["target"], batch["target_mask"]
         # the projector's N tokens are all real; the target's mask says which to compare
-        t = latent_terms(pred, target, target_mask)
-        total = (t["latent_l1"] + t["latent_cos"]) * c.lambda_latent if c.latent else pred.new_zeros(())
+        t = latent_terms(pred, batch["target"], batch["target_mask"])
         if not c.latent:
             t = {k: v.detach() for k, v in t.items()}  # logged for validation, not trained on
-        if train and self.musicgen_terms is not None:
-            audio = self.musicgen_terms(pred, pred_mask, target, target_mask, batch["audio_codes"],
-                                        batch["audio_mask"], self.audio_terms)
-            for name, value in audio.items():
-                total = total + value * (c.lambda_fm if name == "fm" else c.lambda_mel)
-            t.update(audio)
-        if train and self.disc is not None:
+        if self.musicgen_terms is not None:
+            t.update(self.musicgen_terms(pred, pred_mask, batch["target"], batch["target_mask"],
+                                         batch["audio_codes"], batch["audio_mask"], self.audio_terms))
+        if self.disc is not None and len(pred):  # a rank's share of a last batch can be empty
             t["adv"] = -self.disc(pred, pred_mask).mean()
-            total = total + c.lambda_adv * t["adv"]
-        t["total"] = total
         return t
 
+    def total(self, t: dict):
+        """The weighted sum the projector learns from (the thesis' L)."""
+        c = self.c
+        total = (t["latent_l1"] + t["latent_cos"]) * c.lambda_latent if c.latent else t["latent_l1"].new_zeros(())
+        for name in ("fm", "ce", "mel"):
+            if name in t:
+                total = total + t[name] * (c.lambda_fm if name == "fm" else c.lambda_mel)
+        if "adv" in t:
+            total = total + c.lambda_adv * t["adv"]
+        return total
+
     def _disc_step(self, batch: dict) -> float:
-        torch = self.torch
-        with torch.no_grad():
+        from training.losses import discriminator_loss
+
+        with self.torch.no_grad():
             fake = self.model(batch["clip_embeds"])
         real = self.disc(batch["target"], batch["target_mask"])
-        fake_score = self.disc(fake.conditioning.float(), fake.mask)
-        loss = torch.relu(1 - real).mean() + torch.relu(1 + fake_score).mean()
+        loss = discriminator_loss(real, self.disc(fake.conditioning.float(), fake.mask))
         self.disc_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.disc_opt.step()
@@ -220,14 +231,14 @@ class Trainer:
         for batch in self._batches(self.train, shuffle=True):
             if self.disc is not None:
                 sums["disc"] = sums.get("disc", 0.0) + self._disc_step(batch)
-            t = self.terms(batch, train=True)
+            t, logged = self.train_terms(batch)
             if t["total"].requires_grad:  # every term switched off (or no audio): nothing to learn
                 self.opt.zero_grad(set_to_none=True)
                 self.scaler.scale(t["total"]).backward()
                 self.scaler.step(self.opt)
                 self.scaler.update()
-            for k, v in t.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().item()
+            for k, v in logged.items():
+                sums[k] = sums.get(k, 0.0) + v
             count += 1
         return {k: v / max(count, 1) for k, v in sums.items()}
 
@@ -261,6 +272,17 @@ class Trainer:
         self.torch.save(self.state(), tmp)
         tmp.replace(self.out / name)
 
+    def write_epoch(self, entry: dict, improved: bool) -> None:
+        """One train_log.jsonl line, last.pt and, when better, best.pt."""
+        with open(self.out / "train_log.jsonl", "a", encoding="utf-8") as log_file:
+            log_file.write(json.dumps(entry) + "\n")
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+
+    def close(self) -> None:
+        """Nothing to release on one process (training/distributed.py: the process group)."""
+
     def resume(self) -> None:
         path = self.out / "last.pt"
         if not path.is_file():
@@ -282,31 +304,23 @@ class Trainer:
         if self.epoch == 0:
             self.history.append({"epoch": 0, "val": self.evaluate(self.val)})  # the untrained projector
             self.report(f"epoch 0 (untrained): val cosine {self.history[-1]['val']['cosine']:.4f}")
-        log_file = open(self.out / "train_log.jsonl", "a", encoding="utf-8")
-        try:
-            while self.epoch < c.epochs and self.bad_epochs < c.patience:
-                self.epoch += 1
-                start = time.perf_counter()
-                train = self.run_epoch()
-                val = self.evaluate(self.val)
-                seconds = time.perf_counter() - start
-                improved = val["latent"] < self.best
-                if improved:
-                    self.best, self.bad_epochs = val["latent"], 0
-                else:
-                    self.bad_epochs += 1
-                entry = {"epoch": self.epoch, "train": train, "val": val, "seconds": round(seconds, 3)}
-                self.history.append(entry)
-                log_file.write(json.dumps(entry) + "\n")
-                log_file.flush()
-                self.save("last.pt")
-                if improved:
-                    self.save("best.pt")
-                terms = " ".join(f"{k} {v:.4f}" for k, v in train.items())
-                self.report(f"epoch {self.epoch}: {terms} | val latent {val['latent']:.4f} cosine "
-                            f"{val['cosine']:.4f} | {seconds:.1f} s{' *' if improved else ''}")
-        finally:
-            log_file.close()
+        while self.epoch < c.epochs and self.bad_epochs < c.patience:
+            self.epoch += 1
+            start = time.perf_counter()
+            train = self.run_epoch()
+            val = self.evaluate(self.val)
+            seconds = time.perf_counter() - start
+            improved = val["latent"] < self.best
+            if improved:
+                self.best, self.bad_epochs = val["latent"], 0
+            else:
+                self.bad_epochs += 1
+            entry = {"epoch": self.epoch, "train": train, "val": val, "seconds": round(seconds, 3)}
+            self.history.append(entry)
+            self.write_epoch(entry, improved)
+            terms = " ".join(f"{k} {v:.4f}" for k, v in train.items())
+            self.report(f"epoch {self.epoch}: {terms} | val latent {val['latent']:.4f} cosine "
+                        f"{val['cosine']:.4f} | {seconds:.1f} s{' *' if improved else ''}")
         if self.bad_epochs >= c.patience:
             self.report(f"early stop: no better validation latent loss for {c.patience} epochs")
         return {"epochs": self.epoch, "best_val_latent": self.best}
@@ -366,12 +380,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(args)
     if config.batch_size < 1 or config.epochs < 1 or config.num_tokens < 1:
         raise Img2MusicError("--batch-size, --epochs and --num-tokens must be positive")
-    trainer = Trainer(config, report=print)
-    if args.resume:
-        trainer.resume()
-    result = trainer.fit()
-    print(f"done: {result['epochs']} epochs, best val latent {result['best_val_latent']:.4f}; "
-          f"checkpoints in {config.out}")
+    if "WORLD_SIZE" in os.environ:  # started by torchrun: one of N processes
+        from training.distributed import DistributedTrainer as trainer_class
+    else:
+        trainer_class = Trainer
+    trainer = trainer_class(config, report=print)
+    try:
+        if args.resume:
+            trainer.resume()
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    trainer.report(f"done: {result['epochs']} epochs, best val latent {result['best_val_latent']:.4f}; "
+                   f"checkpoints in {config.out}")
     return 0
 
 
