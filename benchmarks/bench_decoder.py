@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 
 from basics.cli_help import DefaultsHelpFormatter
 from basics.errors import Img2MusicError, run_cli, setup_logging
-from benchmarks.machine import machine_record
+from benchmarks.machine import machine_record, python_loop_seconds
 from benchmarks.stats import time_calls
 from runtime.cli_types import add_provider_arguments
 from runtime.sampling import SamplingConfig
@@ -146,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.onnx_pipeline import OnnxPipeline
 
     sampling = SamplingConfig(guidance_scale=3.0, temperature=1.0, top_k=250, seed=0)
+    loop_before = python_loop_seconds()
     onnx_results = {}
     cond = mask = None
     for bundle in args.bundle:
@@ -153,7 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      cuda_graph=args.cuda_graph)
         if cond is None:
             cond, mask = conditioning_from_bundle(pipeline)
-        label = f"ORT {pipeline.bundle.precision}"
+        # several bundles: each column named by its directory (two int8 bundles must not share one)
+        label = f"ORT {pipeline.bundle.precision}" if len(args.bundle) == 1 else \
+            f"{Path(bundle).name} ({pipeline.bundle.precision})"
+        if label in onnx_results:
+            raise Img2MusicError(f"two bundles named {Path(bundle).name}: compare bundles in directories of their own name")
         print(f"{label}: {bundle}", flush=True)
         onnx_results[label] = bench_onnx(pipeline, cond, mask, args.positions, sampling, args.warmup, args.repeats)
         del pipeline
@@ -176,10 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                             device=device)
 
     machine = machine_record()
+    loops = [round(loop_before, 3), round(python_loop_seconds(), 3)]
     rows = []
     labels = list(onnx_results)
     print(f"\nmachine: {machine['cpu']}, {args.threads} threads; batch 1 + guidance (2 rows); "
-          "median ms/step, min in brackets (graph = session alone, all-in = graph + guidance + sampling)")
+          "median ms/step, min in brackets (graph = session alone, all-in = graph + guidance + sampling); "
+          f"pure-Python loop (10^7 additions) {loops[0]} s before / {loops[1]} s after")
     header = "| cached positions |" + "".join(f" {lab} graph | {lab} all-in |" for lab in labels)
     if eager:
         header += " eager all-in |" + "".join(f" eager / {lab} |" for lab in labels)
@@ -204,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
         print(f"| {pos} | " + " | ".join(cells) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "threads": args.threads, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": machine, "threads": args.threads, "python_loop_s": loops,
+                                               "bundles": dict(zip(labels, args.bundle)), "rows": rows}, indent=2))
     return 0
 
 

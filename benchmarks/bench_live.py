@@ -37,7 +37,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from basics.cli_help import DefaultsHelpFormatter
-from benchmarks.machine import machine_record
+from benchmarks.machine import machine_record, python_loop_seconds
 from runtime.live_sources import SyntheticSource
 
 LADDER_COUNTS = ("degrade_cheaper", "degrade_repeats", "degrade_silences", "recoveries")
@@ -103,14 +103,6 @@ def transition_costs(engine, repeats: int = 3) -> tuple[float, float]:
         generator.swap_conditioning(*cond)
         times["reprime"].append(time.perf_counter() - start)
     return tuple(round(statistics.median(times[k]) * 1000, 1) for k in ("blend", "reprime"))
-
-
-def python_loop_seconds() -> float:
-    """A fixed pure-Python loop (10^7 additions): 0.65-0.75 s on a calm 2-core CI machine."""
-    start, x = time.perf_counter(), 0
-    for i in range(10**7):
-        x += i
-    return time.perf_counter() - start
 
 
 class CompetingLoad:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -106,8 +105,10 @@ class GenerationSettings:
     """torch device of the reference pipeline and the caption models."""
 
     def sampling_for(self, item: Item) -> SamplingConfig:
-        """Each item its own seed, fixed by its id, the same for every system."""
-        return replace(self.sampling, seed=(self.sampling.seed + zlib.crc32(item.id.encode())) % 2**31)
+        """Each item its own seed, fixed by its id, the same for every system (as batch generation)."""
+        from runtime.batch_generation import item_seed
+
+        return replace(self.sampling, seed=item_seed(self.sampling.seed, item.id))
 
     def record(self, spec: SystemSpec) -> dict:
         """What decides the music of ``spec``: a change means other music."""

@@ -19,8 +19,6 @@ the weights each metric needs and their licences); ``tiny`` builds random toy mo
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -76,33 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_manifest(path: str, limit: int | None = None) -> list[Item]:
-    """Items from JSON lines or CSV; every image and reference audio checked up front."""
-    p = Path(path)
-    if not p.is_file():
-        raise Img2MusicError(f"manifest not found: {path}")
-    try:
-        text = p.read_text(encoding="utf-8")
-        if p.suffix.lower() == ".csv":
-            rows = list(csv.DictReader(io.StringIO(text)))
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (UnicodeDecodeError, ValueError, csv.Error) as exc:
-        raise Img2MusicError(f"cannot read manifest {path}: {exc}") from None
+    """Items from JSON lines or CSV (``basics.manifest``); every image and reference audio
+    checked up front."""
+    from basics.manifest import file_safe_id, read_manifest
+
+    rows = read_manifest(path, file_columns=("image", "audio"))
     rows = rows[:limit] if limit else rows
-    if not rows:
-        raise Img2MusicError(f"manifest {path} has no items")
     items, problems, seen = [], [], set()
     for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not row.get("image"):
-            problems.append(f"item {n}: no 'image'")
-            continue
-        image = str(p.parent / row["image"])
-        item_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(row.get("id") or Path(image).stem))
+        item_id = file_safe_id(row.get("id") or Path(row["image"]).stem)
         if item_id in seen:
             problems.append(f"item {n}: id {item_id!r} repeats (give each item its own 'id')")
         seen.add(item_id)
-        audio = str(p.parent / row["audio"]) if row.get("audio") else None
-        items.append(Item(item_id.lstrip(".") or f"item{n}", image, (row.get("text") or "").strip() or None, audio))
+        items.append(Item(item_id, row["image"], (str(row.get("text") or "")).strip() or None, row.get("audio")))
     problems += _unreadable(items)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

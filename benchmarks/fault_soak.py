@@ -35,9 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from basics.cli_help import DefaultsHelpFormatter
-from benchmarks.bench_live import python_loop_seconds
 from benchmarks.fault_servers import MJPEGServer, PulseServer, pulse_available
-from benchmarks.machine import machine_record
+from benchmarks.machine import machine_record, python_loop_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 

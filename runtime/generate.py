@@ -8,6 +8,8 @@ Usage::
     python runtime/generate.py --engines engines/small --image photo.jpg --seconds 10 --out out/
     python runtime/generate.py --musicgen facebook/musicgen-small \\
         --clip openai/clip-vit-base-patch32 --image a.jpg --image b.png --seconds 10 --out out/
+    python runtime/generate.py --engines engines/small --manifest pictures.csv --out out/  # a batch
+    python runtime/generate.py --engines engines/small --manifest pictures.csv --out out/ --ray --threads 1
 
 With ``--engines`` the exported bundle runs on ONNX Runtime (no torch) and any length
 works: past MusicGen's trained 30 s, windows are re-primed from their last seconds
@@ -77,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("sampling")
     add_sampling_arguments(s)
     s.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    b = p.add_argument_group("batches: a manifest of images and/or prompts (runtime/batch_generation.py)")
+    b.add_argument("--manifest", default=None, metavar="FILE",
+                   help="CSV/JSONL with image and/or text (prompt), optional id and prompt_weight: one WAV per row "
+                        "plus index.jsonl in --out; rerunning resumes (needs --engines)")
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="--manifest on a Ray cluster at ADDRESS; without an address, a local Ray on this machine "
+                        "(pip install 'img2music[ray]')")
+    b.add_argument("--ray-workers", type=positive(int), default=None,
+                   help="Ray workers, each with the bundle loaded once (default: cluster CPUs / --threads, or GPUs)")
+    b.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each Ray worker reserves (--provider cuda)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
@@ -91,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if sum(bool(x) for x in (args.engines, args.preset, args.musicgen or args.clip)) > 1:
         raise Img2MusicError("give one of --engines, --preset or --musicgen/--clip")
+    if args.manifest or args.ray:
+        return _batch(args, sampling)
     # Everything the user typed is checked before the (slow) model load.
     if not args.image and args.prompt is None:
         raise Img2MusicError("give --image (one or more), --prompt, or both")
@@ -159,6 +173,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(timer.table())
     print(f"\n{len(paths)} x {audio_seconds:.2f} s of audio, {frames} code frames, "
           f"real-time factor {elapsed / audio_seconds:.2f} (generation / audio length, batch of {len(paths)})")
+    return 0
+
+
+def _batch(args, sampling: SamplingConfig) -> int:
+    """--manifest: every row to a WAV + index line, in this process or on Ray."""
+    from runtime import batch_generation as bg
+
+    if not args.manifest:
+        raise Img2MusicError("--ray runs a --manifest")
+    if not args.engines:
+        raise Img2MusicError("--manifest runs an engine bundle: give --engines DIR")
+    if args.image or args.prompt is not None:
+        raise Img2MusicError("--manifest takes the images and prompts from the manifest: leave out --image / --prompt")
+    if args.gpus_per_worker < 0 or (args.gpus_per_worker > 0 and args.provider == "cpu"):
+        raise Img2MusicError("--gpus-per-worker must be >= 0, and > 0 only with --provider cuda or tensorrt")
+    items = bg.read_items(args.manifest)
+    out = prepare_output_dir(args.out)
+    from runtime.bundle import load_bundle
+
+    load_bundle(args.engines)  # a bad bundle fails here, once, not in every worker
+    settings = bg.BatchSettings(args.engines, args.seconds, sampling, args.threads, args.provider,
+                                args.window_seconds, args.keep_seconds)
+    from tqdm import tqdm
+
+    def progress(**kw):
+        return tqdm(disable=args.no_progress, file=sys.stderr, **kw)
+
+    result = bg.run(items, settings, out, progress, ray_address=args.ray, workers=args.ray_workers,
+                    gpus_per_worker=args.gpus_per_worker, verbose=args.verbose)
+    print(f"{result['made']} pieces made, {result['skipped']} already in {printable(out / bg.INDEX)}, "
+          f"{len(result['failed'])} failed")
+    if result["failed"]:
+        for record in result["failed"][:10]:
+            print(f"  {record['id']}: {record['error']}", file=sys.stderr)
+        raise Img2MusicError(f"{len(result['failed'])} of {len(items)} items failed (listed above); "
+                             "fix them and run the same command again")
     return 0
 
 

@@ -109,3 +109,32 @@ def tiny_fp16_bundle(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("bundles") / "tiny-fp16"
     build_bundle(root, tiny_models, report=lambda line: None, quantization=quick_quantization("fp16"))
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    """A local Ray cluster (head node, 2 CPUs) for the scale-out tests; its address.
+
+    Started with Ray's own CLI as a user would (`ray start --head`), stopped at the end."""
+    import re
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("ray", reason="the Ray tests need the 'ray' extra")
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the ray command is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             check=True, capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, RAY_AUTH_MODE="disabled"))  # a private test cluster
+    # the head listens on this machine's node IP (not 127.0.0.1); it prints the address to join
+    found = re.search(r"--address='([^']+)'", started.stdout + started.stderr)
+    yield found.group(1) if found else f"127.0.0.1:{port}"
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)

@@ -80,6 +80,14 @@ class BuildConfig:
     """torch device for every model."""
     limit_batches: int | None = None
     """Stop after this many new batches (simulates an interruption; resume tests)."""
+    ray: str | None = None
+    """Run every step on Ray: a cluster address, or 'local' to start one here (None: in-process)."""
+    ray_workers: int | None = None
+    """Ray actors per step (None: as many as the cluster's CPUs / GPUs hold)."""
+    cpus_per_worker: float = 1.0
+    """CPUs each Ray actor reserves (torch uses that many threads there)."""
+    gpus_per_worker: float = 0.0
+    """GPUs each Ray actor reserves (with --device cuda; fractions share a GPU)."""
 
 
 class Builder:
@@ -110,14 +118,37 @@ class Builder:
         todo = [it for it in items if it["id"] not in done]
         self.report(f"{name}: {len(items)} items, {len(items) - len(todo)} cached, {len(todo)} to do")
         bs = self.c.batch_size
-        for start in tqdm(range(0, len(todo), bs), desc=name, unit="batch", disable=not todo, leave=False):
-            if self.c.limit_batches is not None and self.batches_run >= self.c.limit_batches:
-                raise BatchLimit
-            batch = todo[start : start + bs]
-            tensors, records = work(batch)
-            cache.add([it["id"] for it in batch], tensors, records)
-            self.batches_run += 1
+        batches = [todo[start: start + bs] for start in range(0, len(todo), bs)]
+        limit = self.c.limit_batches
+        with tqdm(total=len(todo), desc=name, unit="item", disable=not todo, leave=False) as bar:
+            if self.c.ray and batches:
+                from training.dataset_ray import run_step
+
+                if limit is not None and self.batches_run >= limit:
+                    raise BatchLimit
+                start = self.batches_run
+
+                def finished(count: int) -> None:  # batches finish in any order on the cluster
+                    self.batches_run += 1
+                    bar.update(count)
+                    if limit is not None and self.batches_run >= limit and self.batches_run - start < len(batches):
+                        raise BatchLimit
+
+                run_step(self, name, batches, cache, finished)
+            else:
+                for batch in batches:
+                    if limit is not None and self.batches_run >= limit:
+                        raise BatchLimit
+                    tensors, records = work(batch)
+                    cache.add([it["id"] for it in batch], tensors, records)
+                    self.batches_run += 1
+                    bar.update(len(batch))
         self.caches[name] = cache
+
+    def step_work(self, name: str) -> Callable[[list[dict]], tuple]:
+        """The function of one step: batch of items -> (tensors or None, records or None)."""
+        return {"clip": self._clip, "captions": self._captions, "directives": self._directives, "t5": self._t5,
+                "codes": self._codes}[name]
 
     def build(self) -> dict:
         from training.dataset_input import read_items, stratified_split
@@ -126,6 +157,10 @@ class Builder:
         items = read_items(self.c.input)
         self.root.mkdir(parents=True, exist_ok=True)
         self.caches = {}
+        if self.c.ray:
+            from basics.ray_cluster import connect
+
+            connect(self.c.ray, verbose=log.isEnabledFor(logging.INFO))
         self.run_step("clip", items, self._clip)
         self.run_step("captions", items, self._captions)
         for it in items:
@@ -279,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="split and generation seed")
     p.add_argument("--device", default=d.device, help="torch device (cuda for the real models)")
     p.add_argument("--limit-batches", type=int, default=None, help="stop after N new batches (to test resuming)")
+    r = p.add_argument_group("Ray (pip install 'img2music[ray]'; default: one process)")
+    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run every step on a Ray cluster at ADDRESS (e.g. ray://head:10001 or auto); "
+                        "without an address, start a local Ray on this machine")
+    r.add_argument("--ray-workers", type=int, default=None,
+                   help="actors per step (default: as many as the cluster's CPUs or GPUs hold)")
+    r.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="CPUs each actor reserves")
+    r.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker,
+                   help="GPUs each actor reserves (with --device cuda)")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
 
@@ -288,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.batch_size < 1 or args.t5_tokens < 1 or args.audio_seconds <= 0 or args.generate_codes < 0:
         raise Img2MusicError("--batch-size, --t5-tokens and --audio-seconds must be positive, --generate-codes >= 0")
+    if (args.ray_workers is not None and args.ray_workers < 1) or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
+        raise Img2MusicError("--ray-workers and --cpus-per-worker must be positive, --gpus-per-worker >= 0")
+    if args.gpus_per_worker > 0 and not args.device.startswith("cuda"):
+        raise Img2MusicError("--gpus-per-worker needs --device cuda")
     config = BuildConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
     builder = Builder(config, report=print)
     try:

@@ -1,14 +1,14 @@
 """Phase I input: an image folder or a CSV/JSONL manifest, and the stratified split.
 
-Manifest columns (CSV header or JSONL keys): ``image`` (required, relative to the
-manifest's folder or absolute), optional ``audio``, ``text`` (a caption to use instead
-of the captioner's, as MeLBench provides), ``emotion``, ``genre``. Every referenced file
-is checked up front, so a typo fails in a second, not after an hour of captioning.
+Manifest columns (CSV header or JSONL keys, read by ``basics.manifest``): ``image``
+(required, relative to the manifest's folder or absolute), optional ``audio``, ``text`` (a
+caption to use instead of the captioner's, as MeLBench provides), ``emotion``, ``genre``.
+Every referenced file is checked up front, so a typo fails in a second, not after an hour
+of captioning.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from pathlib import Path
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from basics.errors import Img2MusicError
+from basics.manifest import read_manifest
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 FIELDS = ("image", "audio", "text", "emotion", "genre")
@@ -25,52 +26,22 @@ def read_items(source: str) -> list[dict]:
     """Items with absolute ``image``/``audio`` paths and a stable ``id`` (hash of the row)."""
     path = Path(source)
     if path.is_dir():
-        rows = [{"image": str(p)} for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-        base = path
+        rows = [{"image": str(p.resolve())} for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not rows:
             raise Img2MusicError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
     elif path.is_file():
-        base = path.parent
-        rows = _read_manifest(path)
+        rows = read_manifest(path, file_columns=("image", "audio"))
     else:
         raise Img2MusicError(f"input not found: {source} (give an image folder or a .csv/.jsonl manifest)")
     items, seen = [], set()
-    for n, row in enumerate(rows, 1):
-        if not row.get("image"):
-            raise Img2MusicError(f"{source}: row {n} has no image")
+    for row in rows:
         item = {k: (row.get(k) or None) for k in FIELDS}
-        for key in ("image", "audio"):
-            if item[key]:
-                p = Path(item[key])
-                p = p if p.is_absolute() else base / p
-                if not p.is_file():
-                    raise Img2MusicError(f"{source}: row {n}: {key} file not found: {p}")
-                item[key] = str(p.resolve())
         item["id"] = hashlib.sha1(json.dumps([item[k] for k in FIELDS]).encode()).hexdigest()[:16]
         if item["id"] in seen:
             continue  # an identical row twice adds nothing
         seen.add(item["id"])
         items.append(item)
     return items
-
-
-def _read_manifest(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise Img2MusicError(f"{path}: line {n} is not JSON: {exc}") from None
-        return rows
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "image" not in reader.fieldnames:
-            raise Img2MusicError(f"{path}: the CSV header needs an 'image' column (got {reader.fieldnames})")
-        return list(reader)
-    raise Img2MusicError(f"manifest must be .csv or .jsonl: {path}")
 
 
 def image_key(item: dict) -> str:

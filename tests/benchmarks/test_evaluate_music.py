@@ -153,7 +153,7 @@ def test_text_mediated_and_text_systems(manifest, tiny_bundle, tmp_path):
 
 @pytest.mark.parametrize("case,expected", [
     ("no-manifest", "manifest not found"),
-    ("missing-image", "rocket: image not found"),
+    ("missing-image", "row 4: image file not found"),
     ("bad-system", "expected NAME=KIND:TARGET"),
     ("unknown-kind", "unknown kind 'onnx'"),
     ("not-a-bundle", "is not an engine bundle"),
