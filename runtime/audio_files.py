@@ -55,7 +55,7 @@ def wav_names(image_paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 class WavRecorder:
-    """Appends mono audio to a WAV file; :meth:`close` finalizes it.
+    """Appends audio to a WAV file ((S,) mono, or (S, channels) frames); :meth:`close` finalizes it.
 
     ``subtype``: soundfile's sample format ("FLOAT": float32, what ``generate.py`` writes;
     "PCM_16": what every WAV reader, Python's ``wave`` included, reads). Every second the

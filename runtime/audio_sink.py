@@ -5,13 +5,17 @@
   buffer, zero-fills what is missing and counts it as an underflow. No locks: each
   side only advances its own counter, and under the GIL an int store is atomic.
 - :class:`SoundDeviceSink`: a sounddevice ``OutputStream`` whose callback only reads
-  the ring into preallocated scratch and broadcasts it to the device's channels: it
+  the ring into preallocated scratch and copies it to the device's channels (mono to
+  every channel, stereo as it is, stereo on a mono device as the channels' mean): it
   never allocates audio buffers, blocks or raises. A watchdog reopens a stream that
   died (no callback for ``dead_after`` seconds, or inactive) with back-off.
 - :class:`ClockSink`: ``--no-audio``: drains the ring at real time, so pacing,
   underflow counting and degradation behave exactly as with a sound card.
 - :class:`Resampler`: model rate -> device rate with soxr's streaming resampler (no
   seams between chunks).
+
+Audio is mono ``(S,)`` or, from a stereo bundle, ``(S, C)`` frames (runtime.audio_frames);
+the ring holds the bundle's channels, and every count here is in frames.
 
 Recording (``--record``) goes through ``runtime.live_recording.LiveRecording``.
 """
@@ -25,18 +29,19 @@ import time
 import numpy as np
 
 from basics.errors import Img2MusicError
+from runtime.audio_frames import frame_shape, silence
 
 log = logging.getLogger(__name__)
 
 
 class RingBuffer:
-    """Mono float32 ring of ``capacity`` samples."""
+    """Float32 ring of ``capacity`` frames of ``channels`` samples (mono: a 1-D ring)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.data = np.zeros(capacity, dtype=np.float32)
-        self.capacity = capacity
-        self.written = 0  # total samples written (producer only)
-        self.consumed = 0  # total samples read (consumer only)
+    def __init__(self, capacity: int, channels: int = 1) -> None:
+        self.data = silence(capacity, channels)  # (capacity,) or (capacity, channels)
+        self.capacity, self.channels = capacity, channels
+        self.written = 0  # total frames written (producer only)
+        self.consumed = 0  # total frames read (consumer only)
         self.underflows = 0  # reads that came up short
         self.underflow_samples = 0
         self.end_of_stream = False  # set by the producer after its last write
@@ -58,7 +63,8 @@ class RingBuffer:
         return n
 
     def read_into(self, out: np.ndarray) -> int:
-        """Fill ``out`` (1-D) from the ring; the shortfall is zeros and counted."""
+        """Fill ``out`` ((n,) mono, (n, channels) otherwise) from the ring; the shortfall is
+        zeros and counted."""
         want = len(out)
         n = min(want, self.available())
         start = self.consumed % self.capacity
@@ -79,7 +85,7 @@ class ClockSink:
 
     def __init__(self, ring: RingBuffer, rate: int, blocksize: int = 1024) -> None:
         self.ring, self.rate, self.blocksize = ring, rate, blocksize
-        self._scratch = np.zeros(blocksize, dtype=np.float32)
+        self._scratch = silence(blocksize, ring.channels)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clock-sink", daemon=True)
         self.reopens = 0
@@ -140,8 +146,8 @@ class SoundDeviceSink:
         self.sd = _sounddevice()
         self.ring, self.rate, self.device, self.blocksize = ring, rate, device, blocksize
         self.dead_after = dead_after
-        self.channels = 1
-        self._scratch = np.zeros(max(blocksize, 16384), dtype=np.float32)
+        self.channels = 1  # the device's, once opened (the music's are ring.channels)
+        self._scratch = silence(max(blocksize, 16384), ring.channels)
         self._last_callback = time.monotonic()
         self.reopens = 0
         self.status_flags = 0  # callbacks where PortAudio reported a device under/overflow
@@ -159,9 +165,14 @@ class SoundDeviceSink:
         # Audio thread: no allocation of audio buffers, no locks, nothing that can raise.
         if status:
             self.status_flags += 1
-        mono = self._scratch[:frames]
-        self.ring.read_into(mono)
-        outdata[:] = mono[:, None]
+        block = self._scratch[:frames]  # (frames,) or (frames, C)
+        self.ring.read_into(block)
+        if block.ndim == 1:
+            outdata[:] = block[:, None]  # mono music on every device channel
+        elif outdata.shape[1] == block.shape[1]:
+            outdata[:] = block
+        else:  # stereo music on a mono device: the channels' mean, written in place
+            np.mean(block, axis=1, out=outdata[:, 0])
         self._last_callback = time.monotonic()
 
     def _open(self) -> None:
@@ -232,8 +243,8 @@ class SoundDeviceSink:
 class Resampler:
     """Streaming model-rate -> device-rate conversion (soxr, high quality)."""
 
-    def __init__(self, in_rate: int, out_rate: int) -> None:
-        self.in_rate, self.out_rate = in_rate, out_rate
+    def __init__(self, in_rate: int, out_rate: int, channels: int = 1) -> None:
+        self.in_rate, self.out_rate, self.channels = in_rate, out_rate, channels
         self._stream = None
         if in_rate != out_rate:
             try:
@@ -241,10 +252,12 @@ class Resampler:
             except ImportError:
                 raise Img2MusicError(f"resampling {in_rate} -> {out_rate} Hz needs soxr: "
                                      "pip install 'img2music[live]'") from None
-            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+            # one stream for all channels: soxr takes (frames, channels) and keeps them in step
+            self._stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
 
     def __call__(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        """(S,) or (S, C) at ``in_rate`` -> the same channels at ``out_rate``."""
+        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(frame_shape(-1, self.channels))
         if self._stream is None:
             return audio
         return self._stream.resample_chunk(audio, last=last)

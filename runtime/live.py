@@ -13,6 +13,8 @@ Usage::
 Runs until Ctrl-C / SIGTERM (or ``--duration`` seconds of audio); the WAV is finalized
 either way. A status line shows buffer, real-time factor, underflows, frame age and
 the current directive; ``--metrics FILE`` appends the same as JSON lines every second.
+A stereo bundle (a musicgen-stereo checkpoint) plays in stereo: two channels through the
+playout to the sound card and ``--record``'s WAV.
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output sample rate (default: the device's own rate; model rate with --no-audio)")
     out.add_argument("--no-audio", action="store_true", help="no sound card (headless); audio is paced by a clock")
     out.add_argument("--record", default=None, metavar="WAV",
-                     help="also record the output to this WAV file (16-bit; never overwritten: an existing "
-                          "file makes it WAV.1.wav, ...; a full disk pauses the recording, not the music)")
+                     help="also record the output to this WAV file (16-bit, the bundle's channels; never "
+                          "overwritten: an existing file makes it WAV.1.wav, ...; a full disk pauses the recording, "
+                          "not the music)")
     out.add_argument("--record-max-mb", type=positive(float), default=1024.0,
                      help="start a new recording file (WAV.1.wav, ...) when one reaches this size")
     out.add_argument("--duration", type=positive(float), default=None,
@@ -228,14 +231,15 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
     # music with spinning off, 1.00-1.02x with it on. With plenty of headroom the engine
     # turns it off again after measuring (live_budget.SPIN_BELOW): idle spinning burns cores.
     pipeline = OnnxPipeline.load(engines, threads=threads, spinning=True, provider=provider, cuda_graph=cuda_graph)
-    if pipeline.channels != 1:
-        raise Img2MusicError(f"{engines} is a stereo bundle: live.py plays mono bundles for now "
-                             "(generate.py writes stereo WAVs)")
     if config.prompt is not None:  # a bad prompt or a bundle without text: one error now, not per frame
         pipeline.encode_text(config.prompt)
     out_rate = rate or (pipeline.sample_rate if no_audio else device_rate(device))
-    ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)))  # room for the re-prime boost
-    recorder = LiveRecording(record, out_rate, max_bytes=int(record_max_mb * 2**20)) if record else None
+    # The bundle's channels (2: a stereo checkpoint) run through to the sound card and the WAV;
+    # the playout and the sinks take them from the ring, a reload must keep them (runtime.live_reload).
+    channels = pipeline.channels
+    ring = RingBuffer(int(out_rate * (config.buffer_seconds + 30)), channels)  # room for the re-prime boost
+    recorder = LiveRecording(record, out_rate, max_bytes=int(record_max_mb * 2**20),
+                             channels=channels) if record else None
     playout = Playout(ring, out_rate, target=config.buffer_seconds, low_water=config.low_water, recorder=recorder,
                       stall_seconds=config.stall_seconds)
     engine = LiveEngine(pipeline, source, config, playout, out_rate, report=print)

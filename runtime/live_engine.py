@@ -43,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from basics.errors import Img2MusicError
+from runtime import audio_frames
 from runtime.audio_sink import Resampler
 from runtime.conditioning import Conditioning
 from runtime.generation import Windowing
@@ -95,7 +96,8 @@ class LiveEngine:
         self.budget: ContextBudget | None = None
         self.window: Windowing | None = None  # chosen at start-up
         self.stream = None  # the MusicStream, once the first scene is known
-        self.resampler = Resampler(pipeline.sample_rate, out_rate)
+        self.channels = pipeline.channels  # 2 for a stereo bundle: every chunk is (S, 2) from here on
+        self.resampler = Resampler(pipeline.sample_rate, out_rate, self.channels)
         self.ratio = out_rate / pipeline.sample_rate
         self.hop = pipeline.bundle.model.audio.hop_length
         self.stop_event = threading.Event()
@@ -341,7 +343,8 @@ class LiveEngine:
         the playout's ladder, the watchdog and the recording see audio flowing."""
         short = self.config.buffer_seconds - self.playout.buffered()
         if short > 0:
-            self._submit(np.zeros(int(short * self.pipeline.sample_rate) + self.hop, np.float32), total, silence=True)
+            frames = int(short * self.pipeline.sample_rate) + self.hop
+            self._submit(audio_frames.silence(frames, self.channels), total, silence=True)
         self.stop_event.wait(PAUSED_WAKE)
 
     @property
@@ -385,7 +388,7 @@ class LiveEngine:
 
     def _finish(self) -> None:
         """Duration reached: the resampler's tail, then let the sink play everything out."""
-        self.playout.submit(self.resampler(np.zeros(0, dtype=np.float32), last=True))
+        self.playout.submit(self.resampler(audio_frames.silence(0, self.channels), last=True))
         self.playout.finish()
         deadline = time.monotonic() + self.playout.buffered() + 5
         while not self.playout.drained() and time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """``live.py --record``: a recording that runs for weeks and outlives a full disk.
 
-One :class:`~runtime.audio_files.WavRecorder` per segment, 16-bit PCM (a header valid after
-every flush, so SIGKILL or a power cut loses at most the last second):
+One :class:`~runtime.audio_files.WavRecorder` per segment, 16-bit PCM with the bundle's
+channels (2 for a stereo bundle; a header valid after every flush, so SIGKILL or a power
+cut loses at most the last second):
 
 - **never overwrites**: ``room.wav`` taken (an earlier run, a restart by systemd) ->
   ``room.1.wav``, ``room.2.wav``, ... the first free name;
@@ -27,16 +28,17 @@ from runtime.audio_files import WavRecorder, printable
 
 log = logging.getLogger(__name__)
 
-BYTES_PER_SAMPLE = 2  # PCM_16 mono
+BYTES_PER_SAMPLE = 2  # PCM_16, per channel
 
 
 class LiveRecording:
-    """Segments of ``path``; :meth:`write` never raises for a full or failing disk."""
+    """Segments of ``path``; :meth:`write` never raises for a full or failing disk. Samples
+    are counted in frames (one per channel each)."""
 
     def __init__(self, path: str, rate: int, max_bytes: int = 2**30, retry_every: float = 10.0,
-                 reserve_bytes: int = 64 * 2**20, clock=time.monotonic) -> None:
-        self.base, self.rate = Path(path), rate
-        self.max_samples = max(rate, (max_bytes - 44) // BYTES_PER_SAMPLE)  # 44: the header
+                 reserve_bytes: int = 64 * 2**20, clock=time.monotonic, channels: int = 1) -> None:
+        self.base, self.rate, self.channels = Path(path), rate, channels
+        self.max_samples = max(rate, (max_bytes - 44) // (BYTES_PER_SAMPLE * channels))  # 44: the header
         self.retry_every, self.reserve_bytes, self.clock = retry_every, reserve_bytes, clock
         self.segments: list[WavRecorder] = []
         self.lost_samples = 0
@@ -67,11 +69,12 @@ class LiveRecording:
         while candidate.exists() or candidate in taken:
             n += 1
             candidate = self.base.with_name(f"{self.base.stem}.{n}{self.base.suffix}")
-        recorder = WavRecorder(str(candidate), self.rate, subtype="PCM_16")
+        recorder = WavRecorder(str(candidate), self.rate, subtype="PCM_16", channels=self.channels)
         self.segments.append(recorder)
         return recorder
 
     def write(self, audio: np.ndarray) -> None:
+        """(S,) mono or (S, channels) frames."""
         if self.current is None and not self._resume():
             self.lost_samples += len(audio)
             return

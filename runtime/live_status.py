@@ -42,6 +42,7 @@ def snapshot(engine, sink, started: float) -> dict:
         "music_s": round(engine.music_samples / engine.pipeline.sample_rate, 3),
         "buffer_s": round(p.buffered(), 3),
         "rtf": round(engine.rtf, 3),
+        "channels": ring.channels,
         "underflows": ring.underflows,
         "underflow_s": round(ring.underflow_samples / p.rate, 3),
         "frame_age_s": None if age == float("inf") else round(age, 3),

@@ -25,6 +25,9 @@ arrive in. Pause while paused or fading, resume while playing: nothing to do (ac
 
 A reloaded bundle starts a new piece; :meth:`Transport.crossfade_from` joins the old
 stream's last audio onto the new stream's first with an equal-power crossfade.
+
+Audio is (S,) mono or (S, C) from a stereo bundle (runtime.audio_frames); the envelope
+scales a frame's channels alike.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import logging
 import math
 
 import numpy as np
+
+from runtime.audio_frames import per_frame
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +84,17 @@ class Transport:
         return True
 
     def crossfade_from(self, tail: np.ndarray) -> None:
-        """The next audio shaped starts with ``tail`` (1-D) fading out under it."""
-        self._seam = np.asarray(tail, dtype=np.float32).reshape(-1) if len(tail) else None
+        """The next audio shaped starts with ``tail`` ((S,) or (S, C), as the audio) fading out under it."""
+        self._seam = np.asarray(tail, dtype=np.float32) if len(tail) else None
 
     def shape(self, audio: np.ndarray) -> np.ndarray:
-        """``audio`` (1-D, the model's rate) with the envelope applied; the position moves on."""
+        """``audio`` ((S,) or (S, C), the model's rate) with the envelope applied; the position moves on."""
         audio = self._join(audio)
         if self._slope == 0.0:
             return audio if self._u >= 1.0 else np.zeros_like(audio)
         n = len(audio)
         u = np.clip(self._u + self._slope * np.arange(1, n + 1), 0.0, 1.0)
-        out = (audio * np.sin(u * (math.pi / 2))).astype(np.float32)
+        out = (audio * per_frame(np.sin(u * (math.pi / 2)), audio)).astype(np.float32)
         self._u = float(u[-1]) if n else self._u
         if self._slope < 0 and self._u <= 0.0:
             self.state, self._slope = "paused", 0.0
@@ -105,5 +110,5 @@ class Transport:
             return audio
         n = min(len(seam), len(audio))
         t = np.linspace(0.0, math.pi / 2, n, dtype=np.float32)
-        head = seam[:n] * np.cos(t) + audio[:n] * np.sin(t)
+        head = seam[:n] * per_frame(np.cos(t), audio) + audio[:n] * per_frame(np.sin(t), audio)
         return np.concatenate([head, audio[n:]]).astype(np.float32)

@@ -22,6 +22,11 @@ Fresh audio after a repeat is crossfaded in; after silence it fades in. The leve
 climbs back to 0 (a ``recovery``) once the buffer is back at the target. The last
 ``crossfade`` samples written are always held back so that whatever comes next can
 be crossfaded onto them.
+
+The playout carries the ring's channels (``ring.channels``: 1, or 2 for a stereo bundle):
+every array here is (S,) or (S, C) frames (runtime.audio_frames), the repeat and silence
+fills have the music's channels, and every fade and crossfade scales a frame's channels
+alike, so the stereo image survives the ladder. Counts and positions are in frames.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.audio_frames import frame_shape, per_frame, silence
 from runtime.audio_sink import RingBuffer
 from runtime.live_recording import LiveRecording
 
@@ -64,6 +70,7 @@ class Playout:
                  recorder: LiveRecording | None = None, crossfade: float = 0.05, repeat_seconds: float = 1.0,
                  stall_seconds: float = 10.0, tick: float = 0.01, clock=time.monotonic) -> None:
         self.ring, self.rate, self.recorder = ring, rate, recorder
+        self.channels = ring.channels
         self.target, self.low_water, self.tick = target, low_water, tick
         self.xfade = max(1, int(crossfade * rate))
         self.repeat_len = max(2 * self.xfade, int(repeat_seconds * rate))
@@ -76,8 +83,8 @@ class Playout:
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._queued = 0
         self._lock = threading.Lock()
-        self._held = np.zeros(0, dtype=np.float32)  # last samples, not yet in the ring
-        self._history = np.zeros(self.repeat_len, dtype=np.float32)  # last fresh audio, for repeats
+        self._held = silence(0, self.channels)  # last frames, not yet in the ring
+        self._history = silence(self.repeat_len, self.channels)  # last fresh audio, for repeats
         self._after = None  # None | "repeat" | "silence": how the next fresh audio must join
         self._markers: list[tuple[int, str, float]] = []  # (fresh sample, label, start time)
         self._pending_markers: list[tuple[int, str, float]] = []  # (ring sample, label, start time)
@@ -93,7 +100,8 @@ class Playout:
         self._last_progress = self.clock()
 
     def submit(self, audio: np.ndarray) -> None:
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        """Fresh audio at the device rate: (S,) mono, (S, C) for the ring's C channels."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(frame_shape(-1, self.channels))
         if len(audio):
             with self._lock:
                 self._queue.append(audio)
@@ -173,7 +181,7 @@ class Playout:
         elif self._after == "silence":
             audio = audio.copy()
             n = min(self.xfade, len(audio))
-            audio[:n] *= np.linspace(0.0, 1.0, n, dtype=np.float32)
+            audio[:n] *= per_frame(np.linspace(0.0, 1.0, n, dtype=np.float32), audio)
         self._after = None
         for sample, label, t0 in due:
             self._pending_markers.append((ring_base + max(0, sample - start), label, t0))
@@ -187,7 +195,7 @@ class Playout:
         if n == 0:
             return audio
         t = np.linspace(0.0, np.pi / 2, n, dtype=np.float32)
-        head = self._held[-n:] * np.cos(t) + audio[:n] * np.sin(t)
+        head = self._held[-n:] * per_frame(np.cos(t), audio) + audio[:n] * per_frame(np.sin(t), audio)
         self._held = self._held[:-n]
         return np.concatenate([head, audio[n:]])
 
@@ -201,7 +209,7 @@ class Playout:
     def _emit_held(self) -> None:
         if len(self._held):
             self._to_ring(self._held)
-            self._held = np.zeros(0, dtype=np.float32)
+            self._held = silence(0, self.channels)
 
     def _to_ring(self, audio: np.ndarray) -> None:
         done = 0
@@ -232,10 +240,10 @@ class Playout:
             log.warning("playout: no fresh audio and no generator progress for %.0f s, fading to silence",
                         self.stall_seconds)
             n = len(self._held)
-            self._to_ring(self._held * np.linspace(1.0, 0.0, n, dtype=np.float32))
-            self._held = np.zeros(0, dtype=np.float32)
+            self._to_ring(self._held * per_frame(np.linspace(1.0, 0.0, n, dtype=np.float32), self._held))
+            self._held = silence(0, self.channels)
             self._after = "silence"
-        block = np.zeros(int(0.1 * self.rate), dtype=np.float32)
+        block = silence(int(0.1 * self.rate), self.channels)
         self.counts.silence_seconds += len(block) / self.rate
         self._to_ring(block)
 

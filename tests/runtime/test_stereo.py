@@ -1,6 +1,8 @@
 """Stereo checkpoints (facebook/musicgen-stereo-*): 8 codebooks, left and right interleaved,
 each channel delayed like a mono piece; EnCodec decodes each channel. The oracle is
-transformers: its stereo delay pattern, its greedy ``generate`` and its per-channel decode."""
+transformers: its stereo delay pattern, its greedy ``generate`` and its per-channel decode.
+The tiny-stereo models and bundle are tests/runtime/conftest.py's; live.py in stereo is
+tests/runtime/test_live_stereo.py's."""
 
 import subprocess
 import sys
@@ -18,24 +20,6 @@ from runtime.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GREEDY = SamplingConfig(greedy=True, guidance_scale=3.0)
-
-
-@pytest.fixture(scope="module")
-def stereo_models():
-    from basics.models import build_preset
-
-    return build_preset("tiny-stereo", seed=0)
-
-
-@pytest.fixture(scope="module")
-def stereo_bundle(tmp_path_factory, stereo_models):
-    from export.bundle_build import build_bundle
-
-    root = tmp_path_factory.mktemp("bundles") / "tiny-stereo"
-    lines = []
-    build_bundle(root, stereo_models, report=lines.append)
-    assert not any("✗" in line for line in lines)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +94,3 @@ def test_generate_cli_writes_two_channel_wavs(stereo_bundle, photo_files, tmp_pa
         audio, rate = sf.read(out / "astronaut.wav")
         assert rate == 32000 and audio.shape == (32000, 2)
         assert np.all(np.sqrt(np.mean(audio ** 2, axis=0)) > 1e-4)
-
-
-def test_live_refuses_a_stereo_bundle_clearly(stereo_bundle):
-    proc = subprocess.run([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
-                           str(stereo_bundle), "--no-audio", "--duration", "2"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode != 0 and "stereo bundle" in proc.stderr and "Traceback" not in proc.stderr
