@@ -52,8 +52,17 @@ def windows(audio: np.ndarray, size: int) -> list[np.ndarray]:
     return pieces
 
 
+BATCH = 32
+"""Images / texts per forward: a MeLBench-size manifest (11k items) must not go in as one batch."""
+
+
 def _features(out) -> Any:
     return getattr(out, "pooler_output", out)  # transformers 5 returns an output object
+
+
+def _in_batches(fn, values: Sequence) -> np.ndarray:
+    """``fn`` over ``values`` BATCH at a time, rows concatenated."""
+    return np.concatenate([fn(values[i: i + BATCH]) for i in range(0, len(values), BATCH)])
 
 
 @dataclass
@@ -71,16 +80,24 @@ class ClipScorer:
         """CLIP's logit scale (exp of the learned temperature)."""
         return float(self.model.logit_scale.detach().exp())
 
-    def images(self, images: Sequence) -> np.ndarray:
+    def images(self, paths: Sequence[str]) -> np.ndarray:
+        """Image files -> (n, d), read and embedded a batch at a time."""
+        return _in_batches(self._images, list(paths))
+
+    def _images(self, paths: Sequence[str]) -> np.ndarray:
         import torch
 
-        from runtime.preprocess import preprocess_images
+        from runtime.preprocess import load_image, preprocess_images
 
-        pixels = torch.from_numpy(preprocess_images(list(images), self.image_config)).to(self.device)
+        pixels = preprocess_images([load_image(p) for p in paths], self.image_config)
         with torch.inference_mode():
-            return _features(self.model.get_image_features(pixel_values=pixels)).float().cpu().numpy()
+            out = self.model.get_image_features(pixel_values=torch.from_numpy(pixels).to(self.device))
+            return _features(out).float().cpu().numpy()
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
+        return _in_batches(self._texts, list(texts))
+
+    def _texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
         ids = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
@@ -127,6 +144,9 @@ class ClapScorer:
         return e.mean(axis=0)
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
+        return _in_batches(self._texts, list(texts))
+
+    def _texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
         ids = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)

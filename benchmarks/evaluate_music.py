@@ -198,9 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def measure_all(specs, caches, items, meters, texts, out: Path, progress) -> dict:
     from benchmarks.eval_measure import AudioFeatures, measure_system
-    from runtime.preprocess import load_image
 
-    image_emb = meters.clip.images([load_image(item.image) for item in items])
+    image_emb = meters.clip.images([item.image for item in items])
     text_emb = {"clip": meters.clip.texts(texts), "clap": meters.clap.texts(texts)}
     with_audio = {item.id: Path(item.audio) for item in items if item.audio}
     reference = AudioFeatures(meters, with_audio, out / "reference_embeddings") if with_audio else None
