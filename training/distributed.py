@@ -64,7 +64,10 @@ def check_world(config: TrainConfig, rank: int, world: int) -> None:
     if problem:
         if rank == 0:
             raise Img2MusicError(problem)
-        sys.exit(Img2MusicError.exit_code)  # quietly: one error line, not N
+        # the others leave quietly (one error line, not N) and with 0: torchrun stops every
+        # process as soon as one fails, so a failing rank 1 could kill rank 0 before it has
+        # printed the error (seen under load); rank 0's exit code carries the failure
+        sys.exit(0)
 
 
 class DistributedTrainer(Trainer):

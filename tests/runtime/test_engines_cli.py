@@ -106,7 +106,10 @@ def test_ctrl_c_keeps_valid_wavs(tiny_bundle, photo_files, tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "generate.py"), "--engines", str(tiny_bundle),
                              "--image", photo_files["rocket"], "--image", photo_files["coffee"], "--seconds", "600",
                              "--out", str(out), "--no-progress", "--threads", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            # a Ctrl-C at a terminal: a suite started in the background (`cmd &`)
+                            # passes SIGINT on as ignored, and Python then keeps ignoring it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wav = out / "rocket.wav"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (wav.exists() and wav.stat().st_size > 32000 * 4 * 6):
