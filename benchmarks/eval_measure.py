@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from benchmarks import music_metrics as mm
-from benchmarks.eval_systems import Item, read_mono
+from benchmarks.eval_systems import Item
+from runtime.audio_files import read_mono
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,10 @@ CLAP_WINDOW_SECONDS = 10.0
 
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """(S,) float audio at ``rate`` -> ``target`` Hz (soxr, its high-quality default)."""
-    if rate == target:
-        return np.asarray(audio, dtype=np.float32)
-    import soxr
+    """(S,) float audio at ``rate`` -> ``target`` Hz (the runtime's soxr resampler, whole file)."""
+    from runtime.audio_sink import Resampler
 
-    return soxr.resample(np.asarray(audio, dtype=np.float32), rate, target).astype(np.float32)
+    return Resampler(rate, target)(audio, last=True)
 
 
 def windows(audio: np.ndarray, size: int) -> list[np.ndarray]:
@@ -63,6 +61,18 @@ def _features(out) -> Any:
 def _in_batches(fn, values: Sequence) -> np.ndarray:
     """``fn`` over ``values`` BATCH at a time, rows concatenated."""
     return np.concatenate([fn(values[i: i + BATCH]) for i in range(0, len(values), BATCH)])
+
+
+def _text_embeddings(model, tokenizer, device: str, texts: Sequence[str]) -> np.ndarray:
+    """Texts -> (n, d) through a CLIP or CLAP text tower (both have ``get_text_features``)."""
+    import torch
+
+    def embed(batch: Sequence[str]) -> np.ndarray:
+        ids = tokenizer(list(batch), padding=True, truncation=True, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            return _features(model.get_text_features(**ids)).float().cpu().numpy()
+
+    return _in_batches(embed, list(texts))
 
 
 @dataclass
@@ -95,14 +105,7 @@ class ClipScorer:
             return _features(out).float().cpu().numpy()
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
-        return _in_batches(self._texts, list(texts))
-
-    def _texts(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        ids = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            return _features(self.model.get_text_features(**ids)).float().cpu().numpy()
+        return _text_embeddings(self.model, self.tokenizer, self.device, texts)
 
 
 @dataclass
@@ -137,21 +140,8 @@ class ClapScorer:
         with torch.inference_mode():
             return _features(self.model.get_audio_features(**f)).float().cpu().numpy()
 
-    def audio(self, audio: np.ndarray, rate: int) -> np.ndarray:
-        """(S,) audio -> (d,): the windows' unit embeddings averaged."""
-        e = self.window_embeddings(audio, rate)
-        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        return e.mean(axis=0)
-
     def texts(self, texts: Sequence[str]) -> np.ndarray:
-        return _in_batches(self._texts, list(texts))
-
-    def _texts(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        ids = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            return _features(self.model.get_text_features(**ids)).float().cpu().numpy()
+        return _text_embeddings(self.model, self.tokenizer, self.device, texts)
 
 
 @dataclass

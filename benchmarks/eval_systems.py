@@ -156,17 +156,6 @@ class AudioCache:
         return json.loads((self.root / f"{item.id}.json").read_text())
 
 
-def read_mono(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """A WAV as float32 mono (channels averaged: the measuring models take one channel)."""
-    import soundfile
-
-    try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, OSError) as exc:
-        raise Img2MusicError(f"cannot read audio {path}: {exc}") from None
-    return audio.mean(axis=1), int(rate)
-
-
 def generate(spec: SystemSpec, items: Sequence[Item], settings: GenerationSettings, out: Path,
              progress: Callable = lambda it, **kw: it) -> AudioCache:
     """Make the music ``spec`` has not made yet for ``items``; returns its cache."""

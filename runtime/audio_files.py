@@ -31,6 +31,17 @@ def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def read_mono(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """An audio file as float32 mono (channels averaged) and its rate; one clear error if unreadable."""
+    import soundfile
+
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as exc:
+        raise Img2MusicError(f"cannot read audio {path}: {exc}") from None
+    return audio.mean(axis=1), int(rate)
+
+
 def printable(text: str | os.PathLike) -> str:
     """A file name as it can be printed and passed to libsndfile: bytes that are not UTF-8
     (kept by Python as surrogate escapes) become U+FFFD instead of a UnicodeEncodeError."""

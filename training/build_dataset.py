@@ -276,13 +276,9 @@ class Builder:
 
 def load_audio(path: str, rate: int, samples: int) -> tuple[np.ndarray, int]:
     """Mono float32 at ``rate``, cropped or zero-padded to ``samples``; also the real length."""
-    import soundfile
+    from runtime.audio_files import read_mono
 
-    try:
-        audio, sr = soundfile.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, OSError) as exc:
-        raise Img2MusicError(f"cannot read audio {path}: {exc}") from None
-    audio = audio.mean(axis=1)
+    audio, sr = read_mono(path)
     if sr != rate:
         from runtime.audio_sink import Resampler
 
