@@ -111,7 +111,6 @@ class PieceMaker:
     def make(self, item: BatchItem) -> dict:
         """The piece's index record, or ``{"id", "error"}`` when the item cannot be made."""
         from runtime.audio_files import WavRecorder
-        from runtime.generation import Windowing
         from runtime.preprocess import load_image
 
         s, pipeline = self.settings, self.pipeline
@@ -119,15 +118,11 @@ class PieceMaker:
         part = self.out / f".{item.id}.part.wav"
         try:
             images = [load_image(item.image)] if item.image else None
-            window = Windowing.from_seconds(s.window_seconds, s.keep_seconds, pipeline.frame_rate,
-                                            pipeline.bundle.model.decoder.max_frames)
-            stream = pipeline.stream(images, s.seconds, replace(s.sampling, seed=seed),
-                                     chunk_frames=5 * pipeline.frame_rate, window=window, prompt=item.prompt,
-                                     prompt_weight=item.prompt_weight)
             recorder = WavRecorder(str(part), pipeline.sample_rate, channels=pipeline.channels)
             try:
-                for chunk in stream:
-                    recorder.write(chunk.audio[0])
+                stream = pipeline.stream_to_files([recorder], images, s.seconds, replace(s.sampling, seed=seed),
+                                                  window_seconds=s.window_seconds, keep_seconds=s.keep_seconds,
+                                                  prompt=item.prompt, prompt_weight=item.prompt_weight)
             finally:
                 recorder.close()
         except Img2MusicError as exc:

@@ -216,20 +216,10 @@ def _stream_to_wavs(pipeline, images, sampling, args, paths, recorders: list, ti
                     prompt_weight: float) -> list[str] | None:
     """The ONNX path: chunks into the WAV files as they are made (``recorders`` filled here, so
     the caller can close them on Ctrl-C); stages timed into ``timer``; returns the directives."""
-    from runtime.generation import Windowing
-
-    window = Windowing.from_seconds(args.window_seconds, args.keep_seconds, pipeline.frame_rate,
-                                    pipeline.bundle.model.decoder.max_frames)
-    # 5 s chunks: the streamed EnCodec decode costs what a full decode does from ~5 s chunks on
-    # (measured on small-random, 2 threads: 1.36x at 1 s, 1.16x at 2 s, 1.00x at 5 s).
-    stream = pipeline.stream(images, args.seconds, sampling, chunk_frames=5 * pipeline.frame_rate, window=window,
-                             timer=timer, prompt=args.prompt, prompt_weight=prompt_weight)
     recorders.extend(WavRecorder(str(path), pipeline.sample_rate, channels=pipeline.channels) for path in paths)
-    for chunk in stream:
-        with timer.stage("write wav"):
-            for recorder, audio in zip(recorders, chunk.audio):
-                recorder.write(audio)
-        bar.update(chunk.codes.shape[2])
+    stream = pipeline.stream_to_files(recorders, images, args.seconds, sampling, window_seconds=args.window_seconds,
+                                      keep_seconds=args.keep_seconds, timer=timer, prompt=args.prompt,
+                                      prompt_weight=prompt_weight, on_chunk=lambda chunk: bar.update(chunk.codes.shape[2]))
     return stream.directives
 
 

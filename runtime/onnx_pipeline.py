@@ -39,6 +39,10 @@ from runtime.sampling import SamplingConfig
 from runtime.text_encoder import TextEncoder
 from runtime.timing import StageTimer
 
+FILE_CHUNK_SECONDS = 5
+"""Chunks of music going to files: the streamed EnCodec decode costs what a full decode does from
+~5 s chunks on (measured on small-random, 2 threads: 1.36x at 1 s, 1.16x at 2 s, 1.00x at 5 s)."""
+
 
 class OnnxPipeline:
     """Sessions for every stage of a bundle, loaded once and reused across calls.
@@ -169,6 +173,25 @@ class OnnxPipeline:
                                  weight=conditioning.weight)
         return MusicStream(self.generator, self.stream_decoder(conditioning.conditioning.shape[0]), sampling,
                            chunk_frames=chunk_frames, directives=conditioning.directives, timer=timer)
+
+    def stream_to_files(self, recorders: Sequence, images: Sequence[ImageLike] | None, seconds: float,
+                        sampling: SamplingConfig, *, window_seconds: float | None = None,
+                        keep_seconds: float | None = None, timer: StageTimer | None = None, prompt: str | None = None,
+                        prompt_weight: float = 1.0, on_chunk=None) -> MusicStream:
+        """A piece streamed into ``recorders`` (one ``WavRecorder`` per row, made by the caller so
+        that it can close them on Ctrl-C) as it is made; returns the finished stream (its
+        directives, its timer). ``on_chunk(chunk)`` after each chunk (progress bars)."""
+        window = Windowing.from_seconds(window_seconds, keep_seconds, self.frame_rate,
+                                        self.bundle.model.decoder.max_frames)
+        stream = self.stream(images, seconds, sampling, chunk_frames=FILE_CHUNK_SECONDS * self.frame_rate,
+                             window=window, timer=timer, prompt=prompt, prompt_weight=prompt_weight)
+        for chunk in stream:
+            with stream.timer.stage("write wav"):
+                for recorder, audio in zip(recorders, chunk.audio):
+                    recorder.write(audio)
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return stream
 
     def __call__(self, images: Sequence[ImageLike] | None, seconds: float, sampling: SamplingConfig | None = None,
                  prompt: str | None = None, prompt_weight: float = 1.0) -> GenerationResult:
