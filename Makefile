@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test venv clean
 
 venv: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ demo: venv
 ## Lint (pyflakes + import order, pyproject's [tool.ruff]) and the test suite (what CI runs).
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=30
 
 clean:
 	rm -rf $(VENV) out

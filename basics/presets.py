@@ -5,9 +5,10 @@
 - ``tiny-stereo``: ``tiny`` with a stereo decoder as facebook/musicgen-stereo-* have it: 8
   codebooks, left and right interleaved (even = left), each channel's 4 delayed by 0..3;
   EnCodec stays mono and decodes each channel.
-- ``small-random`` / ``medium-random``: the exact configs of facebook/musicgen-small /
-  -medium (decoder + t5-base + EnCodec 32 kHz) and openai/clip-vit-base-patch32, with
-  random weights: same compute as the released checkpoints, so timings are real.
+- ``small-random`` / ``medium-random`` / ``large-random``: the exact configs of
+  facebook/musicgen-small / -medium / -large (decoder + t5-base + EnCodec 32 kHz) and
+  openai/clip-vit-base-patch32, with random weights: same compute as the released
+  checkpoints, so timings are real.
 
 The real sizes were checked against the checkpoints' conversion scripts (audiocraft ->
 transformers) and config.json files. Every field that differs from a config class
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRESETS = ("tiny", "tiny-stereo", "small-random", "medium-random")
+PRESETS = ("tiny", "tiny-stereo", "small-random", "medium-random", "large-random")
 
 MUSICGEN_SPECIAL_ID = 2048
 """pad = bos = decoder start token of the MusicGen decoder (one past the codebook)."""
@@ -43,6 +44,7 @@ DECODER_SIZES = {
     "tiny-stereo": DecoderSize(hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128),
     "small-random": DecoderSize(hidden_size=1024, num_layers=24, num_heads=16, ffn_dim=4096),
     "medium-random": DecoderSize(hidden_size=1536, num_layers=48, num_heads=24, ffn_dim=6144),
+    "large-random": DecoderSize(hidden_size=2048, num_layers=48, num_heads=32, ffn_dim=8192),
 }
 
 TINY_CLIP_IMAGE_SIZE = 32

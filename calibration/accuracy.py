@@ -149,6 +149,7 @@ def write_report(root: Path, report: dict) -> dict:
         "",
         f"Weights: {report['weights']}; KV cache: {report['kv_cache']}.",
         f"Data: {report['data']}.",
+        f"Reference (fp32): {report.get('reference', 'the float32 decoder graph')}.",
         "",
         "| metric | value | threshold |",
         "|---|---:|---:|",

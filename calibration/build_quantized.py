@@ -1,8 +1,10 @@
 """Turn the fp32 graphs of a bundle being built into an fp16, int8 or int4 bundle.
 
 Steps: representative images -> fp32 CLIP + projector -> conditionings. int8/int4: fp32
-generations -> per-channel KV scales; MatMulNBits weights for decoder_step (8 or 4
-bit), clip_vision and t5_encoder (8 bit); an int8 KV cache in decoder_step. fp16 (GPU
+generations -> per-channel KV scales; an int8 KV cache in decoder_step, whose MatMulNBits
+weights (8 or 4 bit) the export wrote from the checkpoint; clip_vision and t5_encoder 8
+bit. The fp32 generations run the float32 decoder graph, or for a decoder too large to
+hold twice (musicgen-large) the transformers model itself. fp16 (GPU
 bundles): decoder_step, cross_kv and clip_vision in float16 (calibration/half_precision.py),
 no calibration; t5_encoder stays float32 there (T5's activations are known to overflow
 float16, and it runs once per prompt change). Then the accuracy report against fp32 (the build fails under the
@@ -22,7 +24,6 @@ import numpy as np
 
 from basics.clip_image_config import ClipImageConfig
 from basics.errors import Img2MusicError
-from basics.graph_specs import LM_HEADS_NODE
 from basics.model_config import DecoderConfig
 from basics.onnx_files import save_model
 from calibration.accuracy import (
@@ -39,6 +40,7 @@ from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
 from calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
 from calibration.representative_data import representative_images
 from runtime.bundle import sha256_file
+from runtime.decoder_session import DecoderSession
 from runtime.generation import CodeGenerator
 from runtime.onnx_session import create_session, weights_over
 from runtime.ort_decoder_session import OrtDecoderSession
@@ -48,6 +50,9 @@ from runtime.sampling import SamplingConfig
 log = logging.getLogger(__name__)
 
 KV_SCALES_FILE = "kv_scales.npz"
+TORCH_REFERENCE_GIB = 8
+"""Decoders with more float32 weight bytes than this (musicgen-large: 13 GB; medium: 6) are
+measured against the transformers model: a float32 graph of them beside it would not fit 24 GB."""
 
 
 @dataclass
@@ -73,15 +78,34 @@ class QuantizationOptions:
     report_provider: str = "cpu"
     """fp16: where the converted graphs run for the report: cpu, or cuda (the GPU's own float16
     numerics: benchmarks/gpu_check.py). The fp32 reference always runs on the CPU."""
+    reference: str = "auto"
+    """The float32 decoder that calibration and the report measure against: ``onnx`` (the
+    float32 decoder graph, ~4x faster on a CPU), ``torch`` (the transformers model; no float32
+    decoder graph is written), ``auto``: torch when the decoder's float32 weights exceed
+    ``TORCH_REFERENCE_GIB`` (musicgen-large: 13 GB would be held twice), else onnx."""
+
+    def resolved_reference(self, decoder_bytes: int) -> str:
+        """onnx or torch for a decoder of ``decoder_bytes`` float32 weight bytes."""
+        if self.reference not in ("auto", "onnx", "torch"):
+            raise Img2MusicError(f"unknown reference {self.reference!r} (auto, onnx or torch)")
+        if self.reference == "torch" and self.precision == "fp16":
+            raise Img2MusicError("an fp16 bundle converts the float32 decoder graph: use --reference onnx")
+        if self.reference != "auto":
+            return self.reference
+        return "torch" if self.precision != "fp16" and decoder_bytes > TORCH_REFERENCE_GIB * 2**30 else "onnx"
 
 
 def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: ClipImageConfig,
-                    options: QuantizationOptions, report=None) -> dict:
+                    options: QuantizationOptions, report=None, reference: DecoderSession | None = None) -> dict:
     """Convert the fp32 graphs in ``root``; returns the manifest sections it defines.
-    ``report`` receives the summary lines (default: the log)."""
+    ``report`` receives the summary lines (default: the log). int8/int4: ``root/converted/
+    decoder_step.onnx`` holds the decoder already written with quantized weights
+    (``export.bundle_build``). ``reference``: the float32 decoder that calibration and the
+    report measure against when ``root`` has no float32 decoder graph (the transformers
+    model, ``calibration.torch_decoder_session``); default: that graph."""
     report = report or log.info
-    sessions = {n: create_session(root / f"{n}.onnx", lean=weights_over(root / f"{n}.onnx"))
-                for n in ("clip_vision", "projector", "cross_kv", "decoder_step")}
+    names = ("clip_vision", "projector", "cross_kv") + (("decoder_step",) if reference is None else ())
+    sessions = {n: create_session(root / f"{n}.onnx", lean=weights_over(root / f"{n}.onnx")) for n in names}
 
     images = representative_images(options.images, options.image_limit)
     pixels = preprocess_images([img for _, img in images], image_config)
@@ -94,14 +118,18 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
     cond, mask = cond[keep], mask[keep]
     report(f"  calibration data: {len(images)} images -> {len(keep)} distinct conditionings")
 
-    fp32_generator = CodeGenerator(OrtDecoderSession(sessions["decoder_step"], sessions["cross_kv"], decoder_config))
+    if reference is None:
+        reference = OrtDecoderSession(sessions["decoder_step"], sessions["cross_kv"], decoder_config)
+    elif options.precision == "fp16":
+        raise Img2MusicError("an fp16 bundle converts the float32 decoder graph: it cannot use the torch reference")
+    fp32_generator = CodeGenerator(reference)
     tmp = root / "converted"
-    tmp.mkdir()
+    tmp.mkdir(exist_ok=True)
     if options.precision == "fp16":
         sections, test_generator = _float16_graphs(root, tmp, decoder_config, options.report_provider)
     else:
-        sections, test_generator = _quantized_graphs(root, tmp, decoder_config, fp32_generator, cond, mask, images,
-                                                     options, report)
+        sections, test_generator = _quantized_graphs(root, tmp, decoder_config, fp32_generator, sessions["cross_kv"],
+                                                     cond, mask, images, options, report)
 
     n = min(options.report_batch, len(cond))
     frames = options.report_steps - decoder_config.num_codebooks + 1
@@ -113,6 +141,8 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
         options.report_provider if options.precision == "fp16" else "cpu")), pixels[: options.clip_images])
     data = {
         "precision": options.precision,
+        "reference": "the float32 decoder graph" if "decoder_step" in sessions
+                     else "the transformers model in float32 (no float32 decoder graph was written)",
         "weights": sections.pop("weights"),
         "kv_cache": sections.pop("kv_cache_note"),
         "data": f"{len(keep)} conditionings from {len(images)} images, {options.report_steps} steps, "
@@ -194,9 +224,10 @@ def _float16_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, provid
     return sections, generator
 
 
-def _quantized_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, fp32_generator: CodeGenerator, cond,
-                      mask, images, options: QuantizationOptions, report):
-    """KV scales, MatMulNBits decoder + CLIP and an int8 cache into ``tmp``; (manifest sections, generator)."""
+def _quantized_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, fp32_generator: CodeGenerator,
+                      cross_kv_session, cond, mask, images, options: QuantizationOptions, report):
+    """KV scales; an int8 cache in ``tmp``'s MatMulNBits decoder; 8-bit CLIP (and T5) into ``tmp``;
+    (manifest sections, generator)."""
     import onnx
 
     bits = WEIGHT_BITS[options.precision]
@@ -205,19 +236,20 @@ def _quantized_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, fp32
     kv = calibrate_kv_scales(fp32_generator, cond, mask, options.kv, provenance)
     report(f"  KV scales: keys absmax {kv.absmax[:, 0].max():.3g}, values absmax {kv.absmax[:, 1].max():.3g}")
 
-    decoder_model = onnx.load(str(root / "decoder_step.onnx"), load_external_data=True)
-    decoder_model = quantize_weights(decoder_model, bits, keep_8bit=[LM_HEADS_NODE] if bits < 8 else None)
-    decoder_model = int8_kv_cache(decoder_model, decoder_config.num_heads, decoder_config.head_dim)
-    clip_model = quantize_weights(onnx.load(str(root / "clip_vision.onnx"), load_external_data=True), 8,
-                                  block_size=CLIP_BLOCK_SIZE)
-    save_model(decoder_model, tmp / "decoder_step.onnx")
-    save_model(clip_model, tmp / "clip_vision.onnx")
+    decoder_path = tmp / "decoder_step.onnx"
+    if not decoder_path.exists():
+        raise Img2MusicError(f"{decoder_path} is missing: export.bundle_build writes the quantized decoder there")
+    decoder_model = onnx.load(str(decoder_path), load_external_data=True)
+    save_model(int8_kv_cache(decoder_model, decoder_config.num_heads, decoder_config.head_dim), decoder_path)
+    del decoder_model
+    save_model(quantize_weights(onnx.load(str(root / "clip_vision.onnx"), load_external_data=True)),
+               tmp / "clip_vision.onnx")
     text = (root / "t5_encoder.onnx").exists()
     if text:  # the same 8-bit weights as CLIP: T5 runs once per prompt change, its size is what matters
-        save_model(quantize_weights(onnx.load(str(root / "t5_encoder.onnx"), load_external_data=True), 8,
-                                    block_size=CLIP_BLOCK_SIZE), tmp / "t5_encoder.onnx")
-    generator = CodeGenerator(OrtDecoderSession(create_session(tmp / "decoder_step.onnx"),
-                                                fp32_generator.decoder.cross_kv_session, decoder_config, kv.scales))
+        save_model(quantize_weights(onnx.load(str(root / "t5_encoder.onnx"), load_external_data=True)),
+                   tmp / "t5_encoder.onnx")
+    generator = CodeGenerator(OrtDecoderSession(create_session(decoder_path), cross_kv_session, decoder_config,
+                                                kv.scales))
     block = BLOCK_SIZE[bits]
     sections = {
         "weights": f"decoder_step MatMulNBits {bits}-bit (block {block}, symmetric"

@@ -1,10 +1,13 @@
 """Quantized graphs: MatMulNBits weights (8 or 4 bit) and an int8 KV cache.
 
-Weights: ONNX Runtime's ``MatMulNBitsQuantizer`` turns every MatMul with a constant
-weight into ``MatMulNBits`` (symmetric, per block of input channels,
-``accuracy_level=4`` = int8 compute on CPU). 4-bit blocks then get their scales from
-a per-block search over clipped scales (``search_block_scales``): the quantizer itself
-only offers absmax (round-to-nearest) scales. Measured on small-random, 2 cores,
+Weights: ``MatMulNBits`` (symmetric, per block of input channels, ``accuracy_level=4`` =
+int8 compute on CPU) with ONNX Runtime's own codes. The decoder is written with them
+directly, one weight at a time from the checkpoint (``quantize_matmul_weight``, called by
+``export.decoder_step``): no float32 decoder graph is quantized, which at musicgen-large
+size would not fit 24 GB. Traced graphs (CLIP, T5) go through the ``MatMulNBitsQuantizer``
+(``quantize_weights``). 4-bit blocks get their scales from a per-block search over
+clipped scales (``search_block_scales``): the quantizer itself only offers absmax
+(round-to-nearest) scales. Measured on small-random, 2 cores,
 guidance batch 2, int8 KV cache, graph alone (ms/step at 16 -> 1500 cached positions),
 one run: 8-bit block 32: 18.1 -> 28.0, 64: 16.0 -> 25.7, 128: 15.4 -> 24.6,
 256: 13.7 -> 23.1 (block 512 is not supported); 4-bit + 8-bit output heads, block 128:
@@ -36,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +54,37 @@ SCALE_SEARCH_RATIOS = tuple(float(r) for r in np.linspace(0.6, 0.975, 16))
 GQA_K_SCALE_INPUT, GQA_V_SCALE_INPUT = 12, 13  # positions in the op's input list (ORT >= 1.23)
 
 
-def quantize_weights(model: onnx.ModelProto, bits: int, block_size: int | None = None,
-                     keep_8bit: list[str] | None = None) -> onnx.ModelProto:
-    """MatMul with constant weights -> MatMulNBits (symmetric, int8 compute); 4-bit codes
-    and scales come from ``search_block_scales``.
-
-    ``keep_8bit``: node names quantized to 8 bits instead (int4 bundles keep the
-    output heads at 8 bits: teacher-forced agreement 0.645 -> 0.681 on small-random, block 128)."""
+def quantize_weights(model: onnx.ModelProto, block_size: int = CLIP_BLOCK_SIZE) -> onnx.ModelProto:
+    """A traced graph's MatMuls with constant weights -> 8-bit MatMulNBits (symmetric, int8
+    compute), by ONNX Runtime's ``MatMulNBitsQuantizer`` (clip_vision, t5_encoder). The decoder
+    is written quantized instead (``quantize_matmul_weight``)."""
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    def run(model, bits, block_size, exclude):
-        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
-                                         accuracy_level=4, nodes_to_exclude=exclude, algo_config=config)
-        quantizer.process()
-        return quantizer.model.model
-
-    block_size = block_size or BLOCK_SIZE[bits]
-    originals = _constant_matmul_weights(model, exclude=set(keep_8bit or [])) if bits == 4 else {}
-    out = run(model, bits, block_size, list(keep_8bit or []))
-    if originals:
-        refine_4bit_scales(out, originals)
-    if keep_8bit and bits != 8:
-        out = run(out, 8, BLOCK_SIZE[8], None)  # only the excluded MatMuls are left with constant weights
-    n = sum(node.op_type == "MatMulNBits" for node in out.graph.node)
-    kept = len(keep_8bit or []) if bits != 8 else 0
-    log.info("MatMulNBits: %d MatMuls quantized to %d bits (block %d), %d at 8 bits", n - kept, bits, block_size, kept)
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                     algo_config=config)
+    quantizer.process()
+    out = quantizer.model.model
+    log.info("MatMulNBits: %d MatMuls quantized to 8 bits (block %d)",
+             sum(node.op_type == "MatMulNBits" for node in out.graph.node), block_size)
     return out
+
+
+def quantize_matmul_weight(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (K, N) float32 MatMul weight -> MatMulNBits' (packed (N, blocks, block * bits / 8) uint8,
+    scales (N, blocks) float32), symmetric. The codes are ONNX Runtime's own (the C++ kernel its
+    ``MatMulNBitsQuantizer`` calls, so a graph written with them equals one the quantizer rewrote);
+    at 4 bits each block's scale then comes from ``search_block_scales``. Lets the decoder graph be
+    written quantized from the checkpoint's weights, never as a float32 graph first."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
+
+    if bits == 4:
+        found = search_block_scales(weight, 4, block_size)
+        return pack_codes(found.codes, 4, rows=weight.shape[0]), found.scales
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
+    packed, scales, _ = DefaultWeightOnlyQuantizer(config).qbits_block_quant(np.ascontiguousarray(weight, np.float32))
+    return packed, scales
 
 
 def int8_kv_cache(model: onnx.ModelProto, num_heads: int, head_dim: int) -> onnx.ModelProto:
@@ -109,15 +115,6 @@ def int8_kv_cache(model: onnx.ModelProto, num_heads: int, head_dim: int) -> onnx
         if value.name.startswith(("past_key.", "past_value.", "present_key.", "present_value.")):
             value.type.tensor_type.elem_type = TensorProto.INT8
     return model
-
-
-def _constant_matmul_weights(model: onnx.ModelProto, exclude: set[str]) -> dict[str, np.ndarray]:
-    """Copies of the (K, N) weights the quantizer will replace (it edits the model in place).
-    Holds the decoder's fp32 weights once more while it is quantized (1.3 GB for small)."""
-    inits = {init.name: init for init in model.graph.initializer}
-    return {node.input[1]: numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-            for node in model.graph.node
-            if node.op_type == "MatMul" and node.name not in exclude and node.input[1] in inits}
 
 
 class BlockCodes(NamedTuple):
@@ -180,29 +177,3 @@ def pack_codes(codes: np.ndarray, bits: int, rows: int | None = None) -> np.ndar
     if bits == 8:
         return unsigned
     return unsigned[..., 0::2] | (unsigned[..., 1::2] << 4)
-
-
-def refine_4bit_scales(model: onnx.ModelProto, originals: dict[str, np.ndarray]) -> None:
-    """Replace the codes and scales of every 4-bit MatMulNBits by ``search_block_scales``'."""
-    inits = {init.name: init for init in model.graph.initializer}
-    before = after = 0.0
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type != "MatMulNBits" or attrs.get("bits") != 4:
-            continue
-        if len(node.input) > 3 and node.input[3]:
-            raise ValueError(f"{node.name}: expected symmetric 4-bit weights (no zero points)")
-        source = node.input[1].removesuffix("_Q4")
-        if source not in originals:
-            raise ValueError(f"{node.name}: no original weight {source!r} to search scales for")
-        weight = originals[source]
-        found = search_block_scales(weight, 4, attrs["block_size"])
-        blob, scale_init = inits[node.input[1]], inits[node.input[2]]
-        packed = pack_codes(found.codes, 4, rows=weight.shape[0]).reshape(tuple(blob.dims))
-        blob.CopyFrom(numpy_helper.from_array(packed, blob.name))
-        scale_init.CopyFrom(numpy_helper.from_array(found.scales.reshape(tuple(scale_init.dims)), scale_init.name))
-        before += found.absmax_error
-        after += found.error
-    if before:
-        log.info("4-bit scale search: squared weight error %.4g -> %.4g (%.1f%% less)",
-                 before, after, 100 * (1 - after / before))

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration-image-limit", type=int, default=None, help="use only the first N augmented images")
     c.add_argument("--calibration-steps", type=int, default=250, help="decoder steps per calibration generation")
     c.add_argument("--report-steps", type=int, default=250, help="steps of the accuracy report's generations")
+    c.add_argument("--reference", choices=("auto", "onnx", "torch"), default="auto",
+                   help="int8/int4: the float32 decoder calibration and the report measure against: onnx (a "
+                        "float32 decoder graph, ~4x faster), torch (the transformers model; no float32 decoder "
+                        "graph is written, so the build holds the decoder once: musicgen-large in 24 GB); auto: "
+                        "torch for decoders over 8 GiB of float32 weights")
     p.add_argument("--no-text", action="store_true",
                    help="leave out the T5 text encoder (no --prompt with this bundle; t5-base is ~110M parameters)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle directory")
@@ -85,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         facts = tensorrt_facts()  # fails here, in a second, on a machine without the GPU stack
         print(f"TensorRT {facts.tensorrt_version} on {facts.gpu_name} (compute {facts.compute_capability})")
     out = Path(args.out)
+    if args.reference != "auto" and args.precision not in ("int8", "int4"):
+        raise Img2MusicError("--reference chooses the float32 reference of an int8 / int4 build: add --precision")
     if args.preset and (args.musicgen or args.clip):
         raise Img2MusicError("give either --preset or --musicgen/--clip, not both")
     if out.exists() and not args.force:
@@ -111,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quantization = QuantizationOptions(
             precision=args.precision, images=args.calibration_images, image_limit=args.calibration_image_limit,
             kv=KvCalibrationConfig(steps=args.calibration_steps, seed=args.seed), report_steps=args.report_steps,
+            reference=args.reference,
         )
     from export.bundle_build import build_bundle
 

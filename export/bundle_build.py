@@ -19,6 +19,7 @@ bundle does not ship the decoder's weights twice (schema 2).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -50,7 +51,13 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     leaves the text encoder out (image-only bundles, ~110M parameters smaller for t5-base);
     ``release_weights=True`` frees the torch weights once every graph is exported and validated
     (the caller's ``models`` keep their configs but no weights: the CLI's choice, so that a
-    musicgen-medium build's calibration fits in 24 GB)."""
+    musicgen-medium build's calibration fits in 24 GB); with the transformers decoder as the
+    quantization's reference (``QuantizationOptions.reference``, musicgen-large) the decoder is
+    freed after the accuracy report instead.
+
+    int8 / int4: the decoder graph is written with quantized weights straight from the torch
+    weights (``export.decoder_step.DecoderWeights``) into ``out/converted``; the float32 decoder
+    graph is written and validated only when it is the reference."""
     import torch
 
     from basics.graph_specs import (
@@ -64,9 +71,10 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     )
     from basics.onnx_files import save_model
     from basics.prompt_bank import PromptBankProjector, build_prompt_bank, load_directives
+    from calibration.quantize import BLOCK_SIZE, WEIGHT_BITS
     from export.bundle_writer import write_manifest
     from export.cross_kv import build_cross_kv
-    from export.decoder_step import build_decoder_step
+    from export.decoder_step import DecoderWeights, build_decoder_step
     from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
     from export.prompt_bank_graph import build_prompt_bank_graph
     from export.text_encoder import export_text_encoder
@@ -83,7 +91,8 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     from runtime.ort_decoder_session import OrtDecoderSession
 
     report = report or log.info
-    step = _Steps(7 + (quantization is not None) + text, report)
+    quantized_weights = quantization is not None and quantization.precision in WEIGHT_BITS
+    step = _Steps(7 + (quantization is not None) + quantized_weights + text, report)
     out.mkdir(parents=True)
     mg = models.musicgen
     decoder_config = models.decoder_config()
@@ -137,12 +146,30 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     cross_session = create_session(out / "cross_kv.onnx")
     run_checks(validate_cross_kv(cross_session, models, seed=seed))
 
-    step("decoder_step.onnx (GroupQueryAttention, in-place KV cache)")
-    save_model(build_decoder_step(mg.decoder), out / "decoder_step.onnx")
-    step_path = out / "decoder_step.onnx"
-    decoder = OrtDecoderSession(create_session(step_path, lean=weights_over(step_path)), cross_session, decoder_config)
-    run_checks(validate_decoder_step(decoder, models, seed=seed))
-    decoder.close()
+    decoder_bytes = 4 * sum(p.numel() for p in mg.decoder.parameters())
+    reference = "onnx" if quantization is None else quantization.resolved_reference(decoder_bytes)
+    if reference == "onnx":
+        memory = _physical_memory()
+        if memory and 2 * decoder_bytes > 0.9 * memory:  # the checkpoint's weights + the graph's
+            report(f"warning: a float32 decoder graph of {decoder_bytes / 2**30:.1f} GiB beside the checkpoint's "
+                   f"needs about {2 * decoder_bytes / 2**30:.0f} GiB and this machine has {memory / 2**30:.0f}: "
+                   "this build may run out of memory (--precision int8 or int4 write no float32 decoder graph)")
+        step("decoder_step.onnx (GroupQueryAttention, in-place KV cache)")
+        save_model(build_decoder_step(mg.decoder), out / "decoder_step.onnx")
+        step_path = out / "decoder_step.onnx"
+        decoder = OrtDecoderSession(create_session(step_path, lean=weights_over(step_path)), cross_session,
+                                    decoder_config)
+        run_checks(validate_decoder_step(decoder, models, seed=seed))
+        decoder.close()
+    else:
+        step(f"decoder_step: no float32 graph ({decoder_bytes / 2**30:.1f} GiB of float32 weights); the accuracy "
+             "report measures the quantized graph against transformers")
+    if quantization is not None and quantization.precision in WEIGHT_BITS:
+        bits = WEIGHT_BITS[quantization.precision]
+        step(f"decoder_step.onnx with {bits}-bit MatMulNBits weights, written from the checkpoint's")
+        (out / "converted").mkdir()
+        save_model(build_decoder_step(mg.decoder, DecoderWeights(bits, BLOCK_SIZE[bits], 8 if bits < 8 else None)),
+                   out / "converted" / "decoder_step.onnx")
 
     step("encodec_stream_front.onnx + encodec_stream_back.onnx (exact streaming decode)")
     codec = mg.audio_encoder
@@ -168,18 +195,27 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         raise Img2MusicError(f"export validation failed for {len(failed)} output(s): "
                              + ", ".join(f"{c.graph}.{c.output}" for c in failed))
     quantized = None
-    if release_weights:  # everything after this point runs the ONNX graphs; configs stay readable
+    if release_weights:  # what runs after this point is ONNX graphs (and the decoder as a torch reference)
         import gc
 
-        models.musicgen.to("meta")
-        models.clip.to("meta")
+        for module in [models.clip] + ([mg] if reference == "onnx" else [mg.text_encoder, mg.audio_encoder]):
+            module.to("meta")  # configs stay readable
         gc.collect()
     if quantization is not None:
         from calibration.build_quantized import quantize_bundle
 
         step(f"{quantization.precision}: " + ("float16 graphs" if quantization.precision == "fp16"
-                                              else "calibration, quantization") + ", accuracy report")
-        quantized = quantize_bundle(out, decoder_config, models.image_config, quantization, report=report)
+                                              else "calibration, quantization") + ", accuracy report"
+             + (" (reference: transformers)" if reference == "torch" else ""))
+        torch_reference = None
+        if reference == "torch":
+            from calibration.torch_decoder_session import TorchDecoderSession
+
+            torch_reference = TorchDecoderSession(mg, decoder_config)
+        quantized = quantize_bundle(out, decoder_config, models.image_config, quantization, report=report,
+                                    reference=torch_reference)
+        if release_weights:
+            mg.to("meta")
         cache = quantized["kv_cache"]["dtype"]
         specs["decoder_step"] = decoder_step_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads,
                                                   d.head_dim, kv_cache_dtype=cache)
@@ -187,6 +223,14 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     step("manifest.json (hashes, configs, versions)")
     return write_manifest(out, specs, models, directives, num_tokens, checks, quantized, projector=trained,
                           text=text_config)
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM on this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def load_trained_projector(path: str, clip_dim: int, text_dim: int):

@@ -32,6 +32,8 @@ LayerNorms (1.8 ms/step) and 6 small ops per layer (2.3 ms/step), mostly dispatc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from basics.checkpoint_limits import check, decoder_problems
@@ -39,8 +41,23 @@ from basics.graph_specs import LM_HEADS_NODE, decoder_step_spec
 from export.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder, layer_norm, linear_weight, skip_layer_norm
 
 
-def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
-    """``MusicgenForCausalLM`` -> decoder_step ModelProto (fp32)."""
+@dataclass(frozen=True)
+class DecoderWeights:
+    """How decoder_step stores its MatMul weights: float32 (``bits`` None) or MatMulNBits."""
+
+    bits: int | None = None
+    """8 or 4: every MatMul weight quantized as it is written (``calibration.quantize``)."""
+    block_size: int = 256
+    """Input channels per quantization block."""
+    heads_bits: int | None = None
+    """The output heads' bits when they differ (int4 bundles keep them at 8)."""
+
+
+def build_decoder_step(decoder_lm, weights: DecoderWeights = DecoderWeights()) -> "onnx.ModelProto":  # noqa: F821
+    """``MusicgenForCausalLM`` -> decoder_step ModelProto, float32 or with quantized weights.
+
+    Quantized weights are made one MatMul at a time from the torch weights, so the float32
+    graph never exists: musicgen-large's would be 13 GB beside the checkpoint's 13 GB."""
     cfg = decoder_lm.config
     dec = decoder_lm.model.decoder
     k_books, vocab, hidden = cfg.num_codebooks, cfg.vocab_size, cfg.hidden_size
@@ -50,6 +67,16 @@ def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
     check(decoder_problems(cfg), "this MusicGen decoder")  # load_pretrained checked already; presets here
     spec = decoder_step_spec(k_books, vocab, layers, heads, head_dim)
     g = GraphBuilder("decoder_step")
+
+    def matmul(x: str, name: str, weight: np.ndarray, bits: int | None = weights.bits, outputs=1) -> str:
+        if bits is None:
+            return g.op("MatMul", [x, g.weight(name, weight)], outputs=outputs)
+        from calibration.quantize import quantize_matmul_weight
+
+        packed, scales = quantize_matmul_weight(weight, bits, weights.block_size)
+        return g.op("MatMulNBits", [x, g.weight(f"{name}_Q{bits}", packed), g.weight(f"{name}_scales", scales)],
+                    outputs=outputs, domain=MS_DOMAIN, K=weight.shape[0], N=weight.shape[1], bits=bits,
+                    block_size=weights.block_size, accuracy_level=4)  # int8 compute on the CPU
     for t in spec.inputs:
         g.input(t.name, {"int64": INT64, "int32": INT32, "float32": FLOAT}[t.dtype], t.shape)
 
@@ -87,35 +114,36 @@ def build_decoder_step(decoder_lm) -> "onnx.ModelProto":  # noqa: F821
         # Self-attention, cache updated in place.
         sa = layer.self_attn
         w_qkv = np.concatenate([linear_weight(sa.q_proj), linear_weight(sa.k_proj), linear_weight(sa.v_proj)], axis=1)
-        qkv = g.op("MatMul", [h, g.weight(f"{p}.self_attn.qkv", w_qkv)])  # (B2, 1, 3D)
+        qkv = matmul(h, f"{p}.self_attn.qkv", w_qkv)  # (B2, 1, 3D)
         attn = g.op(
             "GroupQueryAttention",
             [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length"],
             outputs=[f"attn_{i}", f"present_key.{i}", f"present_value.{i}"],
             domain=MS_DOMAIN, num_heads=heads, kv_num_heads=heads, scale=float(scaling),
         )[0]  # (B2, 1, D)
-        attn = g.op("MatMul", [attn, g.weight(f"{p}.self_attn.out", linear_weight(sa.out_proj))])
+        attn = matmul(attn, f"{p}.self_attn.out", linear_weight(sa.out_proj))
         h, x = skip_layer_norm(g, attn, x, layer.encoder_attn_layer_norm, f"{p}.encoder_attn_layer_norm")
         # Cross-attention over K/V precomputed once per conditioning (scaling folded into Wq).
         ca = layer.encoder_attn
-        q = g.op("MatMul", [h, g.weight(f"{p}.encoder_attn.q", linear_weight(ca.q_proj, scaling))])  # (B2, 1, D)
+        q = matmul(h, f"{p}.encoder_attn.q", linear_weight(ca.q_proj, scaling))  # (B2, 1, D)
         ctx = g.op("MultiHeadAttention", [q, f"cross_key.{i}", f"cross_value.{i}", "", "", cross_bias],
                    domain=MS_DOMAIN, num_heads=heads, scale=1.0)  # (B2, 1, D)
-        ctx = g.op("MatMul", [ctx, g.weight(f"{p}.encoder_attn.out", linear_weight(ca.out_proj))])
+        ctx = matmul(ctx, f"{p}.encoder_attn.out", linear_weight(ca.out_proj))
         h, x = skip_layer_norm(g, ctx, x, layer.final_layer_norm, f"{p}.final_layer_norm")
         # Feed-forward.
-        h = g.op("MatMul", [h, g.weight(f"{p}.fc1", linear_weight(layer.fc1))])
+        h = matmul(h, f"{p}.fc1", linear_weight(layer.fc1))
         h = g.op("Gelu", [h], domain=MS_DOMAIN)  # exact (erf) GELU, as transformers' "gelu"
-        ffn = g.op("MatMul", [h, g.weight(f"{p}.fc2", linear_weight(layer.fc2))])
+        ffn = matmul(h, f"{p}.fc2", linear_weight(layer.fc2))
         next_norm = dec.layers[i + 1].self_attn_layer_norm if i + 1 < layers else dec.layer_norm
         next_name = f"layers.{i + 1}.self_attn_layer_norm" if i + 1 < layers else "layer_norm"
         h, x = skip_layer_norm(g, ffn, x, next_norm, next_name)
 
     heads_w = np.concatenate([linear_weight(head) for head in decoder_lm.lm_heads], axis=1)  # (D, K*V)
     h = g.op("Gather", [h, g.const([-1])], axis=1)  # the last token (B2, 1, D)
-    logits = g.op("MatMul", [h, g.weight("lm_heads", heads_w)], outputs=[LM_HEADS_NODE])  # (B2, 1, K*V)
+    logits = matmul(h, "lm_heads", heads_w, weights.heads_bits or weights.bits, outputs=[LM_HEADS_NODE])  # (B2, 1, K*V)
     logits = g.op("Reshape", [logits, g.const([0, k_books, vocab])])  # (B2, K, V)
     g.output(logits, "logits", FLOAT, spec.outputs[0].shape)
     for t in spec.outputs[1:]:
         g.output(t.name, t.name, FLOAT, t.shape)  # written by GroupQueryAttention
-    return g.model({"graph": "decoder_step", "cache": "groupqueryattention-inplace"})
+    return g.model({"graph": "decoder_step", "cache": "groupqueryattention-inplace",
+                    "weights": "float32" if weights.bits is None else f"MatMulNBits {weights.bits}-bit"})

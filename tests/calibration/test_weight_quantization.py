@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.quantize import pack_codes, quantize_weights, search_block_scales
+from calibration.quantize import pack_codes, quantize_matmul_weight, search_block_scales
 from runtime.onnx_session import create_session
 
 
@@ -18,6 +18,20 @@ def matmul_model(weight: np.ndarray) -> onnx.ModelProto:
         [numpy_helper.from_array(weight, "w")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def nbits_model(weight: np.ndarray, bits: int, block_size: int) -> onnx.ModelProto:
+    """One MatMulNBits with ``quantize_matmul_weight``'s codes, as the decoder graph writes them."""
+    k, n = weight.shape
+    packed, scales = quantize_matmul_weight(weight, bits, block_size)
+    node = helper.make_node("MatMulNBits", ["x", "w_Q", "w_scales"], ["y"], domain="com.microsoft", K=k, N=n,
+                            bits=bits, block_size=block_size, accuracy_level=4)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", n])],
+        [numpy_helper.from_array(packed, "w_Q"), numpy_helper.from_array(scales, "w_scales")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
 def run(model: onnx.ModelProto, x: np.ndarray, tmp_path, name: str) -> np.ndarray:
@@ -58,7 +72,7 @@ def test_absmax_alone_reproduces_onnxruntime_codes(weight):
 def test_searched_scales_are_what_the_graph_runs_and_are_closer(weight, tmp_path):
     x = np.random.default_rng(1).standard_normal((2048, 200)).astype(np.float32)  # enough rows to average
     exact = x @ weight
-    searched = run(quantize_weights(matmul_model(weight), 4, block_size=64), x, tmp_path, "searched")
+    searched = run(nbits_model(weight, 4, 64), x, tmp_path, "searched")
     absmax = run(onnxruntime_rtn(weight), x, tmp_path, "absmax")
     err_searched = float(np.mean((searched - exact) ** 2))
     err_absmax = float(np.mean((absmax - exact) ** 2))

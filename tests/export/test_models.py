@@ -17,7 +17,7 @@ def expected_decoder_parameters(hidden: int, layers: int, ffn: int, vocab: int =
     return layers * per_layer + 2 * hidden + codebooks * (vocab + 1) * hidden + codebooks * hidden * vocab
 
 
-@pytest.mark.parametrize("preset", ["small-random", "medium-random"])
+@pytest.mark.parametrize("preset", ["small-random", "medium-random", "large-random"])
 def test_real_size_parameter_counts(preset):
     counts = preset_parameter_counts(preset)
     size = DECODER_SIZES[preset]
