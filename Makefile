@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-all venv clean
 
 venv: $(VENV)/.installed
 
@@ -20,8 +20,14 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(PY) -m export.demo --out out/demo
 
-## Lint (pyflakes + import order, pyproject's [tool.ruff]) and the test suite (what CI runs).
+## Lint (pyflakes + import order, pyproject's [tool.ruff]) and the test suite without the
+## tests marked slow (what CI runs: ~15 min on 2 cores).
 test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -ra --durations=30 -m "not slow"
+
+## Everything, the slow tests included (~25 min on 2 cores).
+test-all: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra --durations=30
 

@@ -55,18 +55,19 @@ def test_decoder_step_matches_transformers_up_to_the_last_position(tiny_onnx, ti
     decoder.set_conditioning(cond, mask)
     rng = np.random.default_rng(0)
     compare_at = {0, 1, 2, 1023, 1500, 2047}
-    diffs = {}
-    with torch.no_grad():
+    ids = rng.integers(0, 2049, (2, 4, 2048))  # (B2, K, positions)
+    with torch.no_grad():  # transformers over the whole sequence at once: causal, the same as step by step
         states = mg.enc_to_dec_proj(torch.from_numpy(cond)) * torch.from_numpy(mask)[..., None]
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        for pos in range(2048):
-            ids = rng.integers(0, 2049, (2, 4))
-            out = mg.decoder(input_ids=torch.from_numpy(ids).reshape(-1, 1), encoder_hidden_states=states,
-                             encoder_attention_mask=torch.from_numpy(mask), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            ours = decoder.step(ids)
-            if pos in compare_at:
-                diffs[pos] = max_abs(ours, out.logits.reshape(2, 4, -1))
+        out = mg.decoder(input_ids=torch.from_numpy(ids).reshape(-1, 2048), encoder_hidden_states=states,
+                         encoder_attention_mask=torch.from_numpy(mask), past_key_values=cache, use_cache=True)
+    cache = out.past_key_values
+    ref_logits = out.logits.reshape(2, 4, 2048, -1)  # (B2, K, positions, V)
+    diffs = {}
+    for pos in range(2048):
+        ours = decoder.step(ids[:, :, pos])
+        if pos in compare_at:
+            diffs[pos] = max_abs(ours, ref_logits[:, :, pos])
     assert set(diffs) == compare_at
     assert max(diffs.values()) <= FP32_TOLERANCE, diffs
     for layer in range(mg.config.decoder.num_hidden_layers):

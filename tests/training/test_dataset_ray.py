@@ -15,6 +15,7 @@ import pytest
 from training.dataset_store import TENSORS, load_index, load_split
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # ~3.5 min of Ray actors loading models on 2 cores: `make test-all`
 
 
 def _parts(out: Path, step: str) -> list[dict]:
