@@ -73,7 +73,10 @@ def test_pause_fade_out_resume_and_reload_while_playing(tiny_bundle, tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
                              str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", str(duration),
                              "--scene-seconds", "1000", "--first-frame-wait", "30", "--record", str(wav),
-                             "--metrics", str(metrics), "--http", str(port), "--osc", str(osc_port), "-v"],
+                             "--metrics", str(metrics), "--http", str(port), "--osc", str(osc_port), "-v",
+                             # a reload's loading shares the cores with the generator; 3 s ahead absorbs
+                             # it on a shared CI host (1 s did not, once: one "cheaper" ladder step)
+                             "--buffer", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
 
