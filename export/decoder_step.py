@@ -50,7 +50,8 @@ class DecoderWeights:
     block_size: int = 256
     """Input channels per quantization block."""
     heads_bits: int | None = None
-    """The output heads' bits when they differ (int4 bundles keep them at 8)."""
+    """The output heads' bits when they differ: int4 bundles keep them at 8 (teacher-forced
+    agreement 0.645 -> 0.681 on small-random, block 128)."""
 
 
 def build_decoder_step(decoder_lm, weights: DecoderWeights = DecoderWeights()) -> "onnx.ModelProto":  # noqa: F821
