@@ -77,6 +77,8 @@ COUNTERS = {  # snapshot key -> (metric name without _total, help)
     "recorded_s": ("img2music_recorded_seconds", "Seconds of music recorded"),
     "record_lost_s": ("img2music_record_lost_seconds", "Seconds of music not recorded (disk full)"),
     "paused_s": ("img2music_paused_seconds", "Seconds of silence written while paused"),
+    "degrade_fill_s": ("img2music_degrade_fill_seconds", "Seconds of repeated audio the playout ladder inserted"),
+    "degrade_silence_s": ("img2music_degrade_silence_seconds", "Seconds of silence the playout ladder inserted"),
     "bundle_reloads": ("img2music_bundle_reloads", "Bundles swapped in while running"),
     "bundle_reload_failures": ("img2music_bundle_reload_failures", "Bundle reloads that failed (the old one played on)"),
 }

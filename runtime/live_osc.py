@@ -1,5 +1,6 @@
 """``live.py --osc [HOST:]PORT``: the same control as ``POST /control``, over OSC (UDP), for
-lighting desks, Max/MSP, TouchDesigner (``python-osc``'s threaded server).
+lighting desks, Max/MSP, TouchDesigner (``python-osc``'s server, one thread: messages apply in
+the order they arrive).
 
 | address | arguments | does |
 |---|---|---|
@@ -49,7 +50,7 @@ class LiveOscServer:
     def __init__(self, control, host: str, port: int) -> None:
         try:
             from pythonosc.dispatcher import Dispatcher
-            from pythonosc.osc_server import ThreadingOSCUDPServer
+            from pythonosc.osc_server import BlockingOSCUDPServer
         except ImportError:
             raise Img2MusicError("--osc needs python-osc: pip install 'img2music[live]'") from None
         self.control = control
@@ -59,7 +60,9 @@ class LiveOscServer:
         dispatcher = Dispatcher()
         dispatcher.set_default_handler(self._handle)
         try:
-            self.server = ThreadingOSCUDPServer((host, port), dispatcher)
+            # one thread, not a thread per datagram: a pause then a resume must apply in that
+            # order, and handling a message only queues it for the compute thread
+            self.server = BlockingOSCUDPServer((host, port), dispatcher)
         except OSError as exc:
             raise Img2MusicError(f"--osc: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self.server.server_address[:2]

@@ -66,6 +66,10 @@ def snapshot(engine, sink, started: float) -> dict:
         "degrade_cheaper": p.counts.cheaper,
         "degrade_repeats": p.counts.repeats,
         "degrade_silences": p.counts.silences,
+        # what the ladder added to the stream beyond the music and the paused silence: a recording
+        # is --duration + these two long
+        "degrade_fill_s": round(p.counts.fill_seconds, 3),
+        "degrade_silence_s": round(p.counts.silence_seconds, 3),
         "recoveries": p.counts.recoveries,
         "scene_latency_s": [round(s, 3) for label, s, _ in p.counts.latencies if label == "scene"][-5:],
         "sink_reopens": getattr(sink, "reopens", 0),

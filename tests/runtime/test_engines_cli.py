@@ -120,7 +120,10 @@ def test_ctrl_c_keeps_valid_wavs(tiny_bundle, photo_files, tmp_path):
     assert "Traceback" not in stderr and "interrupted: kept" in stderr, stderr
     for name in ("rocket.wav", "coffee.wav"):
         kept = float(stderr.split(f" s in {out / name}")[0].split(" ")[-1])
-        assert 5.0 <= kept < 600
+        # at least the first 5 s chunk (4.92 s: the delay pattern and the streaming decoder hold
+        # back 4 frames); coffee.wav may be a chunk behind rocket.wav when the signal falls
+        # between the two files' writes of one chunk
+        assert 4.9 <= kept < 600
         riff, data_size, size = wav_header_sizes(out / name)
         assert riff == size - 8 and data_size == round(kept * 32000) * 4
         audio, sr = sf.read(out / name, dtype="float32")

@@ -20,6 +20,7 @@ from runtime.live_engine import LiveConfig
 from runtime.live_sources import SyntheticSource
 from runtime.sampling import SamplingConfig
 from runtime.scene import SceneConfig
+from tests.runtime.live_runs import played_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tiny CLIP at 32 px puts two synthetic scenes 0.05-0.4 apart and sensor noise at ~0.
@@ -39,19 +40,20 @@ def test_synthetic_twenty_seconds(tiny_bundle, tmp_path):
     wav, metrics = tmp_path / "live.wav", tmp_path / "m.jsonl"
     r = _live("--synthetic", "--engines", str(tiny_bundle), "--no-audio", "--record", str(wav), "--duration", "20",
               "--metrics", str(metrics), "--scene-seconds", "4", "--window-seconds", "6", "--keep-seconds", "2",
-              "--threads", "2", *TINY_SCENES, timeout=120)
+              "--threads", "2", "--buffer", "2", *TINY_SCENES, timeout=120)
     assert r.returncode == 0, r.stderr
     info = sf.info(str(wav))
     assert info.samplerate == 32000
-    assert abs(info.frames / info.samplerate - 20.0) <= 0.2  # within 1 %
     last = _metrics(metrics)[-1]
-    assert last["underflows"] == 0
+    assert last["music_s"] == 20.0 and last["degrade_silences"] == 0
+    assert abs(info.frames / info.samplerate - played_seconds(20.0, last)) <= 0.01
+    assert f"recorded {info.frames / info.samplerate:.2f} s" in r.stdout
     assert last["scene_changes"] >= 2
     assert last["reprimes"] >= 2  # 20 s through 6 s windows: the stream went on across them
-    assert 0 < len(last["scene_latency_s"]) and max(last["scene_latency_s"]) < 5.0
+    # a scene reaches the ear after the buffer (2 s) and a chunk; real latencies are the benchmark's
+    assert 0 < len(last["scene_latency_s"]) and max(last["scene_latency_s"]) < 8.0
     audio, _ = sf.read(str(wav))
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
-    assert "recorded 20.00 s" in r.stdout
 
 
 class FlakySource:
@@ -97,6 +99,8 @@ class _Connection:
 
 
 def _config(duration, **kw):
+    # a 3 s buffer outlasts the stalls of a shared host; the ladder's own tests ask for 1 s
+    kw.setdefault("buffer_seconds", 3.0)
     return LiveConfig(duration=duration, stale_after=0.5, embed_interval=0.25,
                       scene=SceneConfig(threshold=0.02, min_dwell=1.0), sampling=SamplingConfig(seed=1), **kw)
 
@@ -145,9 +149,9 @@ def test_slowed_generator_plays_on_and_recovers(tiny_bundle, tmp_path):
     """Three times slower than real time for 1.5 s of music: cheaper settings and repeats of
     recent music, never silence, then recovery; the WAV holds every sample played."""
     engines = {}
-    wav = tmp_path / "slow.wav"
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(8.0), record=str(wav), threads=2,
-                       engine_hook=_slowed(engines, 3.0, 4.5))
+    wav, metrics = tmp_path / "slow.wav", tmp_path / "m.jsonl"
+    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(8.0, buffer_seconds=1.0), record=str(wav),
+                       metrics=str(metrics), threads=2, engine_hook=_slowed(engines, 3.0, 4.5))
     playout = engines["e"].playout
     c = playout.counts
     # the start-up budget saw tiny's light cost (before the slow-down): ORT's threads stopped spinning
@@ -157,23 +161,27 @@ def test_slowed_generator_plays_on_and_recovers(tiny_bundle, tmp_path):
     assert c.recoveries >= 1 and playout.level == 0
     assert playout.ring.underflows == 0  # the sink always got full buffers
     info = sf.info(str(wav))
-    expected = 8.0 + c.fill_seconds
-    assert abs(info.frames / info.samplerate - expected) < 0.02 * expected
+    last = _metrics(metrics)[-1]
+    assert last["degrade_fill_s"] == round(c.fill_seconds, 3) > 0.5 and last["degrade_silence_s"] == 0
+    # every sample accounted for: the music, and the repeats the metrics report
+    assert abs(info.frames / info.samplerate - played_seconds(8.0, last)) < 0.002
 
 
 def test_a_stalled_generator_fades_to_silence_then_recovers(tiny_bundle, tmp_path):
     """A generator that stops for longer than --stall-seconds: silence (counted: the one kind of
     silence the ladder allows), then the music fades back in."""
     engines = {}
-    wav = tmp_path / "stall.wav"
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(6.0, stall_seconds=1.0), record=str(wav),
-                       threads=2, engine_hook=_slowed(engines, 2.0, 3.0, block=3.0))
+    wav, metrics = tmp_path / "stall.wav", tmp_path / "m.jsonl"
+    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(6.0, stall_seconds=1.0, buffer_seconds=1.0),
+                       record=str(wav), metrics=str(metrics), threads=2,
+                       engine_hook=_slowed(engines, 2.0, 3.0, block=3.0))
     c = engines["e"].playout.counts
     assert c.silences == 1 and c.silence_seconds > 0.5, summary
     assert c.recoveries >= 1 and engines["e"].playout.ring.underflows == 0
     info = sf.info(str(wav))
-    expected = 6.0 + c.fill_seconds + c.silence_seconds
-    assert abs(info.frames / info.samplerate - expected) < 0.02 * expected
+    last = _metrics(metrics)[-1]
+    assert last["degrade_silence_s"] == round(c.silence_seconds, 3)
+    assert abs(info.frames / info.samplerate - played_seconds(6.0, last)) < 0.002
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -213,11 +221,13 @@ def test_video_file_and_image_folder_sources(tiny_bundle, tmp_path, photos):
         photos[name].save(folder / f"{name}.png")
     (folder / "broken.png").write_bytes(b"not a png")  # dropped each time it comes up
     for source in (["--video", str(video)], ["--images", str(folder), "--interval", "1"]):
-        wav = tmp_path / "src.wav"
-        r = _live(*source, "--engines", str(tiny_bundle), "--no-audio", "--record", str(wav), "--duration", "4",
-                  "--threads", "2", *TINY_SCENES, "--embed-interval", "0.2", timeout=120)
+        wav, metrics = tmp_path / "src.wav", tmp_path / "src.jsonl"
+        metrics.unlink(missing_ok=True)
+        # 6 s: the video's first cut comes 2 s after it opens, well inside the run on a slow host
+        r = _live(*source, "--engines", str(tiny_bundle), "--no-audio", "--record", str(wav), "--duration", "6",
+                  "--metrics", str(metrics), "--threads", "2", *TINY_SCENES, "--embed-interval", "0.2", timeout=120)
         assert r.returncode == 0, r.stderr
-        assert abs(sf.info(str(wav)).duration - 4.0) <= 0.04
+        assert abs(sf.info(str(wav)).duration - played_seconds(6.0, _metrics(metrics)[-1])) <= 0.01
         changes = int(r.stdout.split(" scene changes")[0].split(", ")[-1])
         assert changes >= 1, r.stdout
 
@@ -259,7 +269,9 @@ def portaudio_output():
                         "--load=module-null-sink sink_name=img2music_test", "--load=module-native-protocol-unix"],
                        capture_output=True)
         started = True
-        time.sleep(1)
+        deadline = time.monotonic() + 30  # the daemon answers once its modules are loaded
+        while subprocess.run(["pactl", "info"], capture_output=True).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
     try:
         import sounddevice as sd
 

@@ -18,6 +18,7 @@ prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from runtime.live_http import HEALTHY_WITHIN, LiveHttpServer, parse_address  # noqa: E402
+from tests.runtime.live_runs import played_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,7 +208,8 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
     wav, metrics = tmp_path / "out.wav", tmp_path / "m.jsonl"
     port, osc_port, ws_port = _free_ports(3)
     proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
-                             str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "16",
+                             str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "22",
+                             # 22 s: the checks below end well before the music on a host twice as slow
                              "--scene-seconds", "1000", "--first-frame-wait", "30",  # no fallback scene first
                              # 3 s ahead: a second-long stall of a shared CI host is not what this tests
                              "--buffer", "3",
@@ -223,7 +225,8 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
         for i in range(200):
             time.sleep(max(0.0, start + i * 0.05 - time.monotonic()))
             codes.append(_post(base + "/control", {"guidance_scale": 3.0 + 0.5 * (i % 2)}, token=token)[0])
-        assert codes == [202] * 200 and time.monotonic() - start < 12
+        # paced at 20 a second; each waits for its answer, which shares the GIL with the music
+        assert codes == [202] * 200 and time.monotonic() - start < 30
         from pythonosc.udp_client import SimpleUDPClient
 
         SimpleUDPClient("127.0.0.1", osc_port).send_message("/img2music/temperature", 0.9)
@@ -258,7 +261,7 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
     import soundfile as sf
 
     info = sf.info(str(wav))
-    assert abs(info.frames / info.samplerate - 16.0) < 0.02
+    assert abs(info.frames / info.samplerate - played_seconds(22.0, last)) < 0.01
 
 
 def test_osc_messages_reach_the_control():

@@ -52,7 +52,7 @@ def test_prompts_change_while_playing(tiny_bundle, tmp_path):
                              str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "14",
                              "--scene-seconds", "1000", "--first-frame-wait", "30", "--metrics", str(metrics),
                              "--http", str(port), "--osc", str(osc_port), "--prompt", "slow jazz piano",
-                             "--prompt-weight", "1.5", "-v"],
+                             "--prompt-weight", "1.5", "--buffer", "3", "-v"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
 
@@ -66,6 +66,17 @@ def test_prompts_change_while_playing(tiny_bundle, tmp_path):
             time.sleep(0.05)
         return c
 
+    def in_metrics(prompt, timeout: float = 20.0) -> None:
+        """Until a metrics row (one a second) shows ``prompt``: each prompt is seen there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = metrics.read_text() if metrics.exists() else ""
+            rows = [json.loads(x) for x in text.splitlines() if x.endswith("}")]
+            if rows and rows[-1]["prompt"] == prompt:
+                return
+            assert time.monotonic() < deadline and proc.poll() is None, f"no metrics row with prompt {prompt!r}"
+            time.sleep(0.1)
+
     try:
         _wait_ready(base)
         start = control()
@@ -78,14 +89,14 @@ def test_prompts_change_while_playing(tiny_bundle, tmp_path):
         assert control()["changes"] == {}
         assert _post(base + "/control", {"prompt": "fast techno drums", "prompt_weight": 3})[0] == 202
         until(lambda c: c["prompt"] == "fast techno drums" and c["prompt_weight"] == 3.0, "the new prompt")
-        time.sleep(1.5)
+        in_metrics("fast techno drums")
 
         from pythonosc.udp_client import SimpleUDPClient
 
         osc = SimpleUDPClient("127.0.0.1", osc_port)
         osc.send_message("/img2music/prompt_clear", [])
         until(lambda c: c["prompt"] is None, "the prompt cleared over OSC")
-        time.sleep(1.5)
+        in_metrics(None)
         osc.send_message("/img2music/prompt", "ambient drone")
         final = until(lambda c: c["prompt"] == "ambient drone", "the prompt set over OSC")
         out, err = proc.communicate(timeout=90)

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from benchmarks.fault_servers import PulseServer, pulse_available
+from tests.runtime.live_runs import played_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +48,11 @@ def test_sound_server_crash_and_return(tiny_bundle, pulse, tmp_path):
     pulse.stop()
     time.sleep(4)
     pulse.start()
+    # the reopen retries back off up to 2 s: listen once the run says its output is back
+    deadline = time.monotonic() + 30
+    while not any(json.loads(x)["sink_outage_s"] > 0 for x in metrics.read_text().splitlines()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the sound output did not come back"
+        time.sleep(0.2)
     heard = pulse.record(2.0, tmp_path / "heard.wav")  # the sink after the outage
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, (proc.returncode, err[-1500:])
@@ -63,4 +69,4 @@ def test_sound_server_crash_and_return(tiny_bundle, pulse, tmp_path):
     audio, _ = sf.read(str(heard))
     assert len(audio) > 0 and float(np.sqrt(np.mean(np.square(audio)))) > 1e-3  # music, not silence
     info = sf.info(str(wav))
-    assert abs(info.frames / info.samplerate - 12.0) < 0.05
+    assert abs(info.frames / info.samplerate - played_seconds(12.0, rows[-1])) < 0.01
