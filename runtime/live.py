@@ -255,7 +255,7 @@ def run_live(engines, source, config: LiveConfig, no_audio: bool = True, device=
         # since a shell that starts us in the background leaves it ignored
         previous = (signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, signal.default_int_handler))
     stopped = "finished"
-    watch = ThreadWatch().install()
+    watch = ThreadWatch(stuck_after=config.thread_stuck_seconds).install()
     engine.watch = watch
     try:
         playout.start()

@@ -44,8 +44,11 @@ class LiveConfig:
     scene: SceneConfig = field(default_factory=SceneConfig)
     """Scene-change detection."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Guidance, temperature, top-k/p and seed."""
     prompt: str | None = None
     """Text prompt joined to every scene's image tokens (``runtime.conditioning``); None: the image alone."""
     prompt_weight: float = 1.0
     """How much the prompt counts against the image (0-10)."""
-    """Guidance, temperature, top-k/p and seed."""
+    thread_stuck_seconds: float = 10.0
+    """Seconds without progress after which a playout, sound-output or status thread counts as
+    hung and the run ends with an error (``runtime.thread_watch``)."""

@@ -293,7 +293,9 @@ def test_a_hung_playout_thread_ends_the_run(tiny_bundle):
         engine.playout.feed = feed
 
     with pytest.raises(LiveThreadFailed, match="playout thread made no progress"):
-        run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(40.0), threads=2, engine_hook=hang)
+        # 3 s, not the 10 s default: the status thread ticks every second, the others faster
+        run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(40.0, thread_stuck_seconds=3.0), threads=2,
+                 engine_hook=hang)
 
 
 class FakeSoundServer:
