@@ -49,10 +49,12 @@ def test_prompts_change_while_playing(tiny_bundle, tmp_path):
     metrics = tmp_path / "m.jsonl"
     port, osc_port = _free_ports(2)
     proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
-                             str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "14",
+                             str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "18",
                              "--scene-seconds", "1000", "--first-frame-wait", "30", "--metrics", str(metrics),
                              "--http", str(port), "--osc", str(osc_port), "--prompt", "slow jazz piano",
-                             "--prompt-weight", "1.5", "--buffer", "3", "-v"],
+                             "--prompt-weight", "1.5", "-v",
+                             # 3 s ahead through the changes; 18 s leave the last one room to be heard
+                             "--buffer", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
 
