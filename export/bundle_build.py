@@ -164,7 +164,7 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     else:
         step(f"decoder_step: no float32 graph ({decoder_bytes / 2**30:.1f} GiB of float32 weights); the accuracy "
              "report measures the quantized graph against transformers")
-    if quantization is not None and quantization.precision in WEIGHT_BITS:
+    if quantized_weights:
         bits = WEIGHT_BITS[quantization.precision]
         step(f"decoder_step.onnx with {bits}-bit MatMulNBits weights, written from the checkpoint's")
         (out / "converted").mkdir()

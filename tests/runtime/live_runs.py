@@ -1,4 +1,8 @@
-"""What a live run's recording should hold, for the tests that run live end to end."""
+"""What a live run's recording should hold, and its metrics while it runs, for the tests that
+run live end to end."""
+
+import json
+from pathlib import Path
 
 
 def played_seconds(duration: float, last: dict) -> float:
@@ -7,3 +11,14 @@ def played_seconds(duration: float, last: dict) -> float:
     host can stall any process for a second: the ladder then repeats recent music, which is the
     product working, not a failure; a lost or doubled sample still shows."""
     return duration + last["degrade_fill_s"] + last["degrade_silence_s"]
+
+
+def last_metrics(path) -> dict:
+    """The newest complete line of a running ``--metrics`` file ({} before the first)."""
+    path = Path(path)
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue  # a line being written
+    return {}

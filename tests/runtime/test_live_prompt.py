@@ -14,6 +14,7 @@ from basics.errors import Img2MusicError
 from runtime.conditioning import Conditioning, with_prompt
 from runtime.live_prompt import LivePrompt
 from runtime.scene import blend
+from tests.runtime.live_runs import last_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,9 +73,8 @@ def test_prompts_change_while_playing(tiny_bundle, tmp_path):
         """Until a metrics row (one a second) shows ``prompt``: each prompt is seen there."""
         deadline = time.monotonic() + timeout
         while True:
-            text = metrics.read_text() if metrics.exists() else ""
-            rows = [json.loads(x) for x in text.splitlines() if x.endswith("}")]
-            if rows and rows[-1]["prompt"] == prompt:
+            row = last_metrics(metrics)
+            if row and row["prompt"] == prompt:
                 return
             assert time.monotonic() < deadline and proc.poll() is None, f"no metrics row with prompt {prompt!r}"
             time.sleep(0.1)

@@ -25,7 +25,7 @@ from runtime.live_recording import LiveRecording
 from runtime.live_transport import Transport
 from runtime.playout import Playout
 from tests.runtime.fake_clock import FakeClock
-from tests.runtime.live_runs import played_seconds
+from tests.runtime.live_runs import last_metrics, played_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,16 +189,6 @@ def _live(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, **kw)
 
 
-def _last_metrics(path: Path) -> dict:
-    """The newest complete line of a --metrics file ({} before the first)."""
-    for line in reversed(path.read_text().splitlines() if path.exists() else []):
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue  # a line being written
-    return {}
-
-
 def _quiet_stretch(audio: np.ndarray, rate: int, window: float = 0.05) -> float:
     """Longest stretch (seconds) in which every channel's RMS stays under 1e-4."""
     n = int(window * rate)
@@ -256,7 +246,7 @@ def test_stereo_live_from_a_still_image_with_pause_and_reload(stereo_bundle, tin
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     assert "0 underflows" in out and "bundle reloads 1 (failed 0)" in out, out
-    last = _last_metrics(metrics)
+    last = last_metrics(metrics)
     assert last["channels"] == 2 and last["underflows"] == 0 and last["degrade_silences"] == 0
     audio, rate = sf.read(str(wav), dtype="float32")
     assert rate == 32000 and audio.ndim == 2 and audio.shape[1] == 2
@@ -292,7 +282,7 @@ def test_stereo_reaches_the_sound_card_as_two_channels(stereo_bundle, photos, tm
                      "--buffer", "3", "--record", str(wav), "--metrics", str(metrics), env=pulse.env)
         try:
             deadline = time.monotonic() + 60
-            while _last_metrics(metrics).get("music_s", 0) < 3:
+            while last_metrics(metrics).get("music_s", 0) < 3:
                 assert time.monotonic() < deadline and proc.poll() is None, "no music within 60 s"
                 time.sleep(0.2)
             heard = pulse.record(3.0, tmp_path / "heard.wav")  # what the null sink plays (5+ s are left)
@@ -305,7 +295,7 @@ def test_stereo_reaches_the_sound_card_as_two_channels(stereo_bundle, photos, tm
         pulse.stop()
     assert proc.returncode == 0, err[-2000:]
     assert "0 underflows" in out, out
-    last = _last_metrics(metrics)
+    last = last_metrics(metrics)
     assert last["channels"] == 2
     card, card_rate = sf.read(str(heard), dtype="float32")
     # parecord takes a moment to connect on a busy machine: half a second of two channels is plenty
