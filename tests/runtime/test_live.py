@@ -105,6 +105,14 @@ def _config(duration, **kw):
                       scene=SceneConfig(threshold=0.02, min_dwell=1.0), sampling=SamplingConfig(seed=1), **kw)
 
 
+def _ladder_config(duration, **kw):
+    """The ladder's tests: 1 s ahead, so that a slowed or stalled generator empties it, and the
+    ring refilled at 0.3 s, not 0.15 (still under the 0.5 s where the cheaper step comes first):
+    a shared host (a VM here) can hold every thread for a few hundred ms, and the clock sink then
+    takes the missed blocks at once (underflows that measure the host, not the ladder)."""
+    return _config(duration, buffer_seconds=1.0, low_water=0.3, **kw)
+
+
 def test_failing_source_keeps_the_music_going(tiny_bundle, tmp_path, photos, caplog):
     good = np.asarray(photos["astronaut"])[:, :, ::-1].copy()  # BGR, as OpenCV delivers
     source = FlakySource(good)
@@ -150,7 +158,7 @@ def test_slowed_generator_plays_on_and_recovers(tiny_bundle, tmp_path):
     recent music, never silence, then recovery; the WAV holds every sample played."""
     engines = {}
     wav, metrics = tmp_path / "slow.wav", tmp_path / "m.jsonl"
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(8.0, buffer_seconds=1.0), record=str(wav),
+    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _ladder_config(8.0), record=str(wav),
                        metrics=str(metrics), threads=2, engine_hook=_slowed(engines, 3.0, 4.5))
     playout = engines["e"].playout
     c = playout.counts
@@ -172,7 +180,7 @@ def test_a_stalled_generator_fades_to_silence_then_recovers(tiny_bundle, tmp_pat
     silence the ladder allows), then the music fades back in."""
     engines = {}
     wav, metrics = tmp_path / "stall.wav", tmp_path / "m.jsonl"
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _config(6.0, stall_seconds=1.0, buffer_seconds=1.0),
+    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _ladder_config(6.0, stall_seconds=1.0),
                        record=str(wav), metrics=str(metrics), threads=2,
                        engine_hook=_slowed(engines, 2.0, 3.0, block=3.0))
     c = engines["e"].playout.counts
@@ -220,9 +228,9 @@ def test_video_file_and_image_folder_sources(tiny_bundle, tmp_path, photos):
     for name in ("rocket", "logo", "page"):
         photos[name].save(folder / f"{name}.png")
     (folder / "broken.png").write_bytes(b"not a png")  # dropped each time it comes up
-    for source in (["--video", str(video)], ["--images", str(folder), "--interval", "1"]):
-        wav, metrics = tmp_path / "src.wav", tmp_path / "src.jsonl"
-        metrics.unlink(missing_ok=True)
+    for name, source in (("video", ["--video", str(video)]), ("images", ["--images", str(folder), "--interval", "1"])):
+        # a file each: --record never overwrites (a second run into src.wav writes src.1.wav)
+        wav, metrics = tmp_path / f"{name}.wav", tmp_path / f"{name}.jsonl"
         # 6 s: the video's first cut comes 2 s after it opens, well inside the run on a slow host
         r = _live(*source, "--engines", str(tiny_bundle), "--no-audio", "--record", str(wav), "--duration", "6",
                   "--metrics", str(metrics), "--threads", "2", *TINY_SCENES, "--embed-interval", "0.2", timeout=120)
