@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## Build the tiny preset, turn real photographs (skimage.data) into WAVs, print timings.
 demo: venv
-	$(PY) -m export.demo --out out/demo
+	$(PY) -m img2music.export.demo --out out/demo
 
 ## Lint (pyflakes + import order, pyproject's [tool.ruff]) and the test suite without the
 ## tests marked slow (what CI runs: ~15 min on 2 cores).

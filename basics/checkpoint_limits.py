@@ -9,7 +9,7 @@ export or a validation.
 
 from __future__ import annotations
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
 
 
 def decoder_problems(decoder) -> list[str]:

@@ -1,7 +1,7 @@
 """How CLIP wants its pixels: sizes and statistics from a checkpoint's ``preprocessor_config.json``.
 
 Read once from the checkpoint at export (checkpoints differ) and stored in the bundle
-manifest; the runtime's ``runtime.preprocess`` applies it without torch.
+manifest; the runtime's ``runtime.pipeline.preprocess`` applies it without torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
 
 BICUBIC = 3
 """Pillow's resampling filter id for bicubic (``PIL.Image.Resampling.BICUBIC``)."""

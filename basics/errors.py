@@ -18,6 +18,12 @@ class Img2MusicError(Exception):
     exit_code = 2
 
 
+def require(ok: bool, message: str) -> None:
+    """One clear error (``message``) unless ``ok``: how configs check their fields."""
+    if not ok:
+        raise Img2MusicError(message)
+
+
 class RuntimeFault(Img2MusicError):
     """A fault while running that input did not cause (a thread of the live runtime died or
     hung): exit 1, which a service manager's Restart=on-failure answers with a restart."""

@@ -17,9 +17,9 @@ Shapes (B2 = rows run together: 2B with classifier-free guidance, else B):
                      from it), total_sequence_length () int32 = cached + S (or the cache length: the
                      in-place cache ignores rows past seqlens_k), cross K/V + bias, past_key.{i} /
                      past_value.{i} (B2, H, L_max, 64) -> logits (B2, K, V), present_key.{i} / present_value.{i}
-                     (same buffers as the past: bind one OrtValue to both, see runtime.decoder_session)
+                     (same buffers as the past: bind one OrtValue to both, see runtime.generation.decoder_session)
 - ``encodec_stream_front``: audio_codes (B, K, T) + lstm_h / lstm_c (layers, B, C) ->
-                     lstm_frames (B, C, T - 6) + the LSTM state after them (runtime.encodec_stream)
+                     lstm_frames (B, C, T - 6) + the LSTM state after them (runtime.pipeline.encodec_stream)
 - ``encodec_stream_back``: lstm_frames (B, C, W) -> audio_values (B, 1, W * hop)
 """
 

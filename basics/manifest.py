@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
 
 
 def read_rows(path: str | Path, required: str = "image") -> list[dict]:

@@ -1,7 +1,7 @@
 """The model facts a bundle carries: what the runtime must know, and nothing it may guess.
 
 Written at export from the loaded checkpoints (``basics.models.LoadedModels``) into the
-manifest, parsed back by the runtime (``runtime.bundle_manifest``): one definition of
+manifest, parsed back by the runtime (``runtime.bundle.manifest``): one definition of
 each fact for both sides. Frozen: the runtime reads them, never edits them.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from basics.clip_image_config import ClipImageConfig
+from img2music.basics.clip_image_config import ClipImageConfig
 
 
 @dataclass(frozen=True)

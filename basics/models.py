@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from basics.checkpoint_limits import check, clip_problems, musicgen_problems
-from basics.clip_image_config import ClipImageConfig
-from basics.errors import Img2MusicError
-from basics.model_config import AudioConfig, DecoderConfig, SamplingDefaults
-from basics.presets import (
+from img2music.basics.checkpoint_limits import check, clip_problems, musicgen_problems
+from img2music.basics.clip_image_config import ClipImageConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.basics.model_config import AudioConfig, DecoderConfig, SamplingDefaults
+from img2music.basics.presets import (
     TINY_CLIP_IMAGE_SIZE,
     check_preset,
     clip_config,
@@ -108,8 +108,8 @@ def build_preset(preset: str, seed: int = 0) -> LoadedModels:
     import torch
     from transformers import CLIPModel, GenerationConfig, MusicgenForConditionalGeneration
 
-    from basics.prompt_bank import load_directives
-    from basics.tiny_tokenizers import build_clip_tokenizer, build_t5_tokenizer
+    from img2music.basics.prompt_bank import load_directives
+    from img2music.basics.tiny_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
     corpus = load_directives()
     t5_tok = build_t5_tokenizer(corpus)

@@ -60,7 +60,7 @@ def is_stereo(preset: str) -> bool:
 
 
 def check_preset(name: str) -> None:
-    from basics.errors import Img2MusicError
+    from img2music.basics.errors import Img2MusicError
 
     if name not in PRESETS:
         raise Img2MusicError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class PromptBank:
 
 def load_directives() -> list[str]:
     """The curated musical directives shipped with the package."""
-    text = resources.files("basics").joinpath("directives.txt").read_text(encoding="utf-8")
+    text = resources.files("img2music.basics").joinpath("directives.txt").read_text(encoding="utf-8")
     lines = [line.strip() for line in text.splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
 

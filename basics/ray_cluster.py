@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli, setup_logging
-from benchmarks.machine import machine_record, python_loop_seconds
-from benchmarks.stats import time_calls
-from runtime.cli_types import add_provider_arguments
-from runtime.sampling import SamplingConfig
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli, setup_logging
+from img2music.benchmarks.machine import machine_record, python_loop_seconds
+from img2music.benchmarks.stats import time_calls
+from img2music.runtime.cli.arguments import add_provider_arguments
+from img2music.runtime.generation.sampling import SamplingConfig
 
 
 def parse_positions(text: str) -> list[int]:
@@ -58,7 +55,7 @@ def conditioning_from_bundle(pipeline, seed: int = 0):
 def bench_onnx(pipeline, cond, mask, positions, sampling, warmup, repeats) -> dict:
     """Per position: the decoder session's step alone ("graph") and the generation core's step
     ("all-in"), in one window as long as the cache allows (no re-prime while timing)."""
-    from runtime.generation import Windowing
+    from img2music.runtime.generation.core import Windowing
 
     gen = pipeline.generator
     max_frames = pipeline.bundle.model.decoder.max_frames
@@ -143,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
-    from runtime.onnx_pipeline import OnnxPipeline
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     sampling = SamplingConfig(guidance_scale=3.0, temperature=1.0, top_k=250, seed=0)
     loop_before = python_loop_seconds()
@@ -167,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_eager:
         import torch
 
-        from basics.models import load_models
-        from runtime.bundle import load_bundle
+        from img2music.basics.models import load_models
+        from img2music.runtime.bundle.loading import load_bundle
 
         preset = args.preset or load_bundle(args.bundle[0], verify_hashes=False).manifest.provenance.source.get("preset")
         if preset is None:

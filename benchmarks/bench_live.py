@@ -33,12 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from benchmarks.machine import machine_record, python_loop_seconds
-from runtime.live_sources import SyntheticSource
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.benchmarks.machine import machine_record, python_loop_seconds
+from img2music.runtime.loop.sources import SyntheticSource
 
 LADDER_COUNTS = ("degrade_cheaper", "degrade_repeats", "degrade_silences", "recoveries")
 """The playout ladder's counters in the live metrics."""
@@ -58,17 +55,24 @@ class SwitchingSource(SyntheticSource):
         return frame
 
 
+def run_live(engines: str, source, config, threads: int, on_engine=None, metrics: str | None = None) -> str:
+    """One headless live session of ``engines`` from ``source`` with ``config`` (an EngineConfig)."""
+    from img2music.runtime import BackendConfig, LiveSession, LiveSessionConfig, OutputConfig, SourceConfig
+
+    session = LiveSessionConfig(BackendConfig(engines, threads=threads), SourceConfig(custom=source), config,
+                                OutputConfig(no_audio=True, metrics=metrics))
+    return LiveSession(session, on_engine=on_engine).run()
+
+
 def latency(engines: str, switches: int, switch_every: float, threads: int, threshold: float,
             buffer: float = 1.0, embed_interval: float = 0.25) -> dict:
-    from runtime.live import run_live
-    from runtime.live_engine import LiveConfig
-    from runtime.scene import SceneConfig
+    from img2music.runtime import EngineConfig, SceneConfig
 
     holder = {}
     source = SwitchingSource(switch_every)
-    config = LiveConfig(duration=switch_every * (switches + 1) + 2.0, buffer_seconds=buffer,
+    config = EngineConfig(duration=switch_every * (switches + 1) + 2.0, buffer_seconds=buffer,
                         embed_interval=embed_interval, scene=SceneConfig(threshold=threshold, min_dwell=1.0))
-    summary = run_live(engines, source, config, threads=threads, engine_hook=lambda e: holder.update(e=e))
+    summary = run_live(engines, source, config, threads, on_engine=lambda e: holder.update(e=e))
     engine = holder["e"]
     resolved = [t0 + s for label, s, t0 in engine.playout.counts.latencies if label == "scene"]
     lat = []
@@ -87,13 +91,13 @@ def latency(engines: str, switches: int, switch_every: float, threads: int, thre
 
 def transition_costs(engine, repeats: int = 3) -> tuple[float, float]:
     """Median ms of one transition step: blend (cross_kv) vs re-prime (prefill of keep)."""
-    from runtime.live_engine import blend
+    from img2music.runtime.loop.engine import blend
 
     generator = engine.stream.generator
     scene = engine.scene
     cond = blend((scene.conditioning, scene.mask), (scene.conditioning * 0.5, scene.mask), 0.5)
-    generator.start(scene.conditioning, scene.mask, engine.config.sampling, window=engine.window)
-    generator.next_frames(engine.window.keep_frames + 4, engine.config.sampling)
+    generator.start(scene.conditioning, scene.mask, engine.sampling, window=engine.window)
+    generator.next_frames(engine.window.keep_frames + 4, engine.sampling)
     times = {"blend": [], "reprime": []}
     for _ in range(repeats):
         start = time.perf_counter()
@@ -178,10 +182,8 @@ def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: 
     chooses the window."""
     import numpy as np
 
-    from runtime.live import run_live
-    from runtime.live_engine import LiveConfig
-    from runtime.onnx_pipeline import Conditioning, OnnxPipeline
-    from runtime.scene import SceneConfig
+    from img2music.runtime import EngineConfig, SceneConfig
+    from img2music.runtime.pipeline.onnx_pipeline import Conditioning, OnnxPipeline
 
     def batch(window, chunk) -> float:
         pipeline = OnnxPipeline.load(engines, threads=threads)
@@ -195,7 +197,7 @@ def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: 
 
     loop_before = python_loop_seconds()
     holder = {}
-    config = LiveConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
+    config = EngineConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
     # Clean cuts (no sensor noise): a random-weight CLIP maps noisy frames of one scene as far
     # apart as two scenes, which would make scene changes out of noise, not every scene_seconds.
     if load is not None and metrics is None:
@@ -211,7 +213,7 @@ def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: 
 
     try:
         summary = run_live(engines, SyntheticSource(scene_seconds=scene_seconds, seed=seed, noise=0.0), config,
-                           threads=threads, engine_hook=hook, metrics=metrics)
+                           threads, on_engine=hook, metrics=metrics)
     finally:
         if load is not None:
             load.end()
@@ -245,14 +247,12 @@ def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: 
 
 def soak(engines: str, seconds: float, threads: int, metrics: str, scene_seconds: float = 6.0,
          noise: float = 4.0) -> dict:
-    from runtime.live import run_live
-    from runtime.live_engine import LiveConfig
-    from runtime.scene import SceneConfig
+    from img2music.runtime import EngineConfig, SceneConfig
 
-    config = LiveConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
+    config = EngineConfig(duration=seconds, scene=SceneConfig(threshold=0.02, min_dwell=1.0))
     Path(metrics).unlink(missing_ok=True)  # the reporter appends; the report must see this run only
     loop_before = python_loop_seconds()
-    summary = run_live(engines, SyntheticSource(scene_seconds=scene_seconds, noise=noise), config, threads=threads,
+    summary = run_live(engines, SyntheticSource(scene_seconds=scene_seconds, noise=noise), config, threads,
                        metrics=metrics)
     return {**soak_report(metrics, summary), "scene_seconds": scene_seconds, "noise": noise,
             "python_loop_s": [round(loop_before, 2), round(python_loop_seconds(), 2)]}

@@ -22,13 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import numpy as np
 
-from basics.cli_help import DefaultsHelpFormatter
-from benchmarks.machine import machine_record
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.benchmarks.machine import machine_record
 
 CONFIGS = {
     "latent": dict(fm=False, ce=False, mel=False, adv=False),
@@ -39,7 +36,7 @@ CONFIGS = {
 
 
 def synthetic_dataset(root: Path, items: int, frames: int, preset: str) -> None:
-    from training.dataset_store import write_dataset
+    from img2music.training.dataset_store import write_dataset
 
     rng = np.random.default_rng(0)
     split = ["train"] * items + ["val"] * max(2, items // 8) + ["test"] * 2
@@ -57,7 +54,7 @@ def synthetic_dataset(root: Path, items: int, frames: int, preset: str) -> None:
 
 
 def time_epoch(data: Path, out: Path, batch: int, switches: dict) -> float:
-    from training.train import TrainConfig, Trainer
+    from img2music.training.trainer import TrainConfig, Trainer
 
     trainer = Trainer(TrainConfig(data=str(data), out=str(out), batch_size=batch, epochs=1, **switches),
                       report=lambda s: None)

@@ -6,18 +6,18 @@ import time
 
 import numpy as np
 
-from benchmarks.bench_decoder import bench_eager
-from benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
-from benchmarks.suite_config import SuiteConfig, benchmark_image
-from runtime.sampling import SamplingConfig
+from img2music.benchmarks.bench_decoder import bench_eager
+from img2music.benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
+from img2music.benchmarks.suite_config import SuiteConfig, benchmark_image
+from img2music.runtime.generation.sampling import SamplingConfig
 
 
 def measure_eager(preset: str | None, musicgen: str | None, clip: str | None, config: SuiteConfig) -> dict:
     import torch
 
-    from basics.models import load_models
-    from runtime.preprocess import preprocess_images
-    from runtime.reference import ReferencePipeline
+    from img2music.basics.models import load_models
+    from img2music.runtime.pipeline.preprocess import preprocess_images
+    from img2music.runtime.torch_reference import ReferencePipeline
 
     torch.set_num_threads(config.threads)
     start = time.perf_counter()

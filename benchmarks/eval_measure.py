@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from benchmarks import music_metrics as mm
-from benchmarks.eval_systems import Item
-from runtime.audio_files import read_mono
+from img2music.benchmarks import music_metrics as mm
+from img2music.benchmarks.eval_systems import Item
+from img2music.runtime.audio.files import read_mono
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from basics.models import from_pretrained
+from img2music.basics.models import from_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ CLAP_WINDOW_SECONDS = 10.0
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
     """(S,) float audio at ``rate`` -> ``target`` Hz (the runtime's soxr resampler, whole file)."""
-    from runtime.audio_sink import Resampler
+    from img2music.runtime.audio.resampler import Resampler
 
     return Resampler(rate, target)(audio, last=True)
 
@@ -97,7 +97,7 @@ class ClipScorer:
     def _images(self, paths: Sequence[str]) -> np.ndarray:
         import torch
 
-        from runtime.preprocess import load_image, preprocess_images
+        from img2music.runtime.pipeline.preprocess import load_image, preprocess_images
 
         pixels = preprocess_images([load_image(p) for p in paths], self.image_config)
         with torch.inference_mode():
@@ -198,11 +198,11 @@ class EncodecEmbedder:
 
 def load_clip_scorer(name: str, device: str = "cpu") -> ClipScorer:
     if name == TINY:
-        from basics.models import build_preset
+        from img2music.basics.models import build_preset
 
         models = build_preset("tiny")
         return ClipScorer(models.clip, models.clip_tokenizer, models.image_config, TINY, device)
-    from basics.models import load_clip
+    from img2music.basics.models import load_clip
 
     model, tokenizer, image_config = load_clip(name, kind="CLIP (--clip)")
     return ClipScorer(model.to(device), tokenizer, image_config, name, device)
@@ -233,7 +233,7 @@ def load_classifier(name: str, device: str = "cpu") -> AudioClassifier:
 
 def load_encodec_embedder(name: str, device: str = "cpu") -> EncodecEmbedder:
     if name == TINY:
-        from basics.models import build_preset
+        from img2music.basics.models import build_preset
 
         return EncodecEmbedder(build_preset("tiny").musicgen.audio_encoder, TINY, device)
     from transformers import EncodecModel
@@ -261,8 +261,8 @@ def _tiny_clap(device: str) -> ClapScorer:
     import torch
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
-    from basics.prompt_bank import load_directives
-    from basics.tiny_tokenizers import build_clip_tokenizer
+    from img2music.basics.prompt_bank import load_directives
+    from img2music.basics.tiny_tokenizers import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer(load_directives())
     # HTSAT needs its 256-wide spectrogram image (64 mel bins x 4 time folds) at any size

@@ -31,9 +31,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from basics.errors import Img2MusicError
-from runtime.sampling import SamplingConfig
-from training.text_models import DEFAULT_CAPTIONER, DEFAULT_LLM
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.training.text_models import DEFAULT_CAPTIONER, DEFAULT_LLM
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class GenerationSettings:
 
     def sampling_for(self, item: Item) -> SamplingConfig:
         """Each item its own seed, fixed by its id, the same for every system (as batch generation)."""
-        from runtime.batch_generation import item_seed
+        from img2music.runtime.pipeline.batch import item_seed
 
         return replace(self.sampling, seed=item_seed(self.sampling.seed, item.id))
 
@@ -183,11 +183,11 @@ def check_texts(spec: SystemSpec, items: Sequence[Item]) -> None:
 
 def _maker(spec: SystemSpec, settings: GenerationSettings, out: Path, items: Sequence[Item]):
     """item -> (audio (S,) or (S, 2), rate, info) for one system; models loaded once."""
-    from runtime.preprocess import load_image
+    from img2music.runtime.pipeline.preprocess import load_image
 
     if spec.kind == "reference":
         return _reference_maker(spec, settings)
-    from runtime.onnx_pipeline import OnnxPipeline
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     pipeline = OnnxPipeline.load(spec.target, threads=settings.threads, provider=settings.provider)
     texts = _mediating_texts(spec, settings, out, items) if spec.kind.startswith("caption") else {}
@@ -214,11 +214,11 @@ def _maker(spec: SystemSpec, settings: GenerationSettings, out: Path, items: Seq
 
 
 def _reference_maker(spec: SystemSpec, settings: GenerationSettings):
-    from basics.models import load_models
-    from basics.presets import PRESETS
-    from runtime.preprocess import load_image
-    from runtime.reference import ReferencePipeline
-    from runtime.timing import StageTimer
+    from img2music.basics.models import load_models
+    from img2music.basics.presets import PRESETS
+    from img2music.runtime.pipeline.preprocess import load_image
+    from img2music.runtime.pipeline.timing import StageTimer
+    from img2music.runtime.torch_reference import ReferencePipeline
 
     if spec.target in PRESETS:
         models = load_models(preset=spec.target)
@@ -246,7 +246,7 @@ def latent_scores(conditioning, mask, text_hidden, text_mask) -> dict:
     tokens as training aligns its targets."""
     import torch
 
-    from training.losses import align_targets, latent_terms
+    from img2music.training.losses import align_targets, latent_terms
 
     pred = torch.as_tensor(np.asarray(conditioning, dtype=np.float32))
     n = pred.shape[1]
@@ -258,8 +258,8 @@ def latent_scores(conditioning, mask, text_hidden, text_mask) -> dict:
 
 def _mediating_texts(spec: SystemSpec, settings: GenerationSettings, out: Path, items: Sequence[Item]) -> dict:
     """Captions (and LLM descriptions) for the items, cached in ``OUT/texts`` per model."""
-    from runtime.preprocess import load_image
-    from training.text_models import load_captioner, load_llm
+    from img2music.runtime.pipeline.preprocess import load_image
+    from img2music.training.text_models import load_captioner, load_llm
 
     captions = _TextCache(out, "captions", settings.captioner)
     todo = [item for item in items if item.id not in captions.values]

@@ -12,7 +12,7 @@ description / prompt) and ``audio`` (reference music); paths relative to the man
 Every system makes its music once (``benchmarks.eval_systems``: kinds, caching, resume),
 then ``benchmarks.eval_measure`` scores it. Results: ``results.json`` (means and per-item
 values), ``results.md`` (the papers' table layout) and ``results.png`` in ``--out``.
-Each measuring model comes from a hub id or a local directory (README "Evaluation" lists
+Each measuring model comes from a hub id or a local directory (docs/evaluation.md lists
 the weights each metric needs and their licences); ``tiny`` builds random toy models (tests).
 """
 
@@ -24,16 +24,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli, setup_logging
-from basics.models import DEFAULT_CLIP
-from benchmarks.eval_models import DEFAULT_CLAP, DEFAULT_CLASSIFIER, DEFAULT_ENCODEC
-from benchmarks.eval_systems import KINDS, GenerationSettings, Item, SystemSpec
-from runtime.cli_types import add_sampling_arguments, positive, positive_float
-from training.text_models import DEFAULT_CAPTIONER, DEFAULT_LLM
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli, setup_logging
+from img2music.basics.models import DEFAULT_CLIP
+from img2music.benchmarks.eval_models import DEFAULT_CLAP, DEFAULT_CLASSIFIER, DEFAULT_ENCODEC
+from img2music.benchmarks.eval_systems import KINDS, GenerationSettings, Item, SystemSpec
+from img2music.runtime.cli.arguments import add_sampling_arguments, positive, positive_float
+from img2music.training.text_models import DEFAULT_CAPTIONER, DEFAULT_LLM
 
 FAD_MODELS = ("clap", "encodec")
 
@@ -76,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load_manifest(path: str, limit: int | None = None) -> list[Item]:
     """Items from JSON lines or CSV (``basics.manifest``); every image and reference audio
     checked up front."""
-    from basics.manifest import file_safe_id, read_manifest
+    from img2music.basics.manifest import file_safe_id, read_manifest
 
     rows = read_manifest(path, file_columns=("image", "audio"))
     rows = rows[:limit] if limit else rows
@@ -97,7 +94,7 @@ def load_manifest(path: str, limit: int | None = None) -> list[Item]:
 def _unreadable(items: list[Item]) -> list[str]:
     import soundfile
 
-    from runtime.preprocess import load_image
+    from img2music.runtime.pipeline.preprocess import load_image
 
     problems = []
     for item in items:
@@ -125,14 +122,19 @@ def text_set(path: str | None, items: list[Item]) -> tuple[list[str], str]:
     texts = list(dict.fromkeys(item.text for item in items if item.text))
     if len(texts) >= 2:
         return texts, "the manifest's texts"
-    from basics.prompt_bank import load_directives
+    from img2music.basics.prompt_bank import load_directives
 
     return load_directives(), "the prompt bank's directives"
 
 
 def load_meters(args):
-    from benchmarks.eval_measure import Meters
-    from benchmarks.eval_models import load_clap_scorer, load_classifier, load_clip_scorer, load_encodec_embedder
+    from img2music.benchmarks.eval_measure import Meters
+    from img2music.benchmarks.eval_models import (
+        load_clap_scorer,
+        load_classifier,
+        load_clip_scorer,
+        load_encodec_embedder,
+    )
 
     fad = [] if args.fad_model == ["none"] else list(dict.fromkeys(args.fad_model or ["clap"]))
     if "none" in fad:
@@ -146,8 +148,8 @@ def load_meters(args):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from runtime.conditioning import check_prompt_weight
-    from runtime.sampling import SamplingConfig
+    from img2music.runtime.generation.conditioning import check_prompt_weight
+    from img2music.runtime.generation.sampling import SamplingConfig
 
     check_prompt_weight(args.prompt_weight)
     specs = [SystemSpec.parse(s) for s in args.system]
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(set(names)) != len(names):
         raise Img2MusicError(f"two systems share a name: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
     items = load_manifest(args.manifest, args.limit)
-    from benchmarks.eval_systems import check_texts
+    from img2music.benchmarks.eval_systems import check_texts
 
     for spec in specs:
         check_texts(spec, items)
@@ -177,11 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"{len(items)} items, {len(specs)} systems, {args.seconds:g} s each; loading the measuring models ...")
     meters = load_meters(args)  # before generating: a missing model fails in seconds, not after hours
-    from benchmarks.eval_systems import generate
+    from img2music.benchmarks.eval_systems import generate
 
     caches = {spec.name: generate(spec, items, settings, out, progress) for spec in specs}
     result = measure_all(specs, caches, items, meters, texts, out, progress)
-    from benchmarks.eval_report import chart, markdown
+    from img2music.benchmarks.eval_report import chart, markdown
 
     result.update(manifest=args.manifest, seconds=args.seconds,
                   texts={"source": text_source, "count": len(texts)},
@@ -197,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def measure_all(specs, caches, items, meters, texts, out: Path, progress) -> dict:
-    from benchmarks.eval_measure import AudioFeatures, measure_system
+    from img2music.benchmarks.eval_measure import AudioFeatures, measure_system
 
     image_emb = meters.clip.images([item.image for item in items])
     text_emb = {"clip": meters.clip.texts(texts), "clap": meters.clap.texts(texts)}

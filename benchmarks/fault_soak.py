@@ -12,7 +12,7 @@ heard after each server restart, and raw native lines or tracebacks on stderr.
 ``camera-runs``: N short runs in which the camera goes down and comes back: exit code and
 WAV length each time (the SIGABRT-at-exit finding was intermittent).
 
-    sudo python -m benchmarks.fault_soak soak --engines engines/tiny --seconds 3600 \\
+    sudo python -m img2music.benchmarks.fault_soak soak --engines engines/tiny --seconds 3600 \\
         --out benchmarks/results/cpu-2core/fault_soak.json
 
 Needs root for the tmpfs (or ``--record-dir`` on a file system you may fill) and
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from basics.cli_help import DefaultsHelpFormatter
-from benchmarks.fault_servers import MJPEGServer, PulseServer, pulse_available
-from benchmarks.machine import machine_record, python_loop_seconds
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.benchmarks.fault_servers import MJPEGServer, PulseServer, pulse_available
+from img2music.benchmarks.machine import machine_record, python_loop_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 

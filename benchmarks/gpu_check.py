@@ -33,11 +33,8 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli, setup_logging
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli, setup_logging
 
 POSITIONS = (16, 256, 1024, 1500)
 TARGETS_MS = {16: 1.0, 1500: 1.5}
@@ -78,11 +75,11 @@ def machine_facts(provider: str) -> dict:
     except ImportError:
         facts["torch"] = None
     if provider != "cpu":
-        from runtime.gpu_facts import gpu
+        from img2music.runtime.backends.gpu_facts import gpu
 
         facts["gpu"], facts["compute_capability"] = gpu()
         try:
-            from runtime.gpu_facts import tensorrt_version
+            from img2music.runtime.backends.gpu_facts import tensorrt_version
 
             facts["tensorrt"] = tensorrt_version()
         except Img2MusicError as exc:
@@ -91,10 +88,10 @@ def machine_facts(provider: str) -> dict:
 
 
 def build(preset: str, out: Path, provider: str, report_steps: int, images: str | None) -> dict:
-    from basics.models import load_models
-    from calibration.build_quantized import QuantizationOptions
-    from calibration.kv_calibration import KvCalibrationConfig
-    from export.bundle_build import build_bundle
+    from img2music.basics.models import load_models
+    from img2music.calibration.build_quantized import QuantizationOptions
+    from img2music.calibration.kv_calibration import KvCalibrationConfig
+    from img2music.export.bundle_build import build_bundle
 
     options = QuantizationOptions(precision="fp16", images=images, image_limit=18, report_steps=report_steps,
                                   kv=KvCalibrationConfig(steps=report_steps), report_provider=provider)
@@ -111,8 +108,8 @@ def graph_parity(bundle: Path, provider: str, frames: int = 150) -> dict:
     """Greedy tokens with and without CUDA-graph replay (must be equal), and the steps' agreement."""
     import numpy as np
 
-    from runtime.onnx_pipeline import OnnxPipeline
-    from runtime.sampling import SamplingConfig
+    from img2music.runtime.generation.sampling import SamplingConfig
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     cond = None
     codes = {}
@@ -129,9 +126,9 @@ def graph_parity(bundle: Path, provider: str, frames: int = 150) -> dict:
 
 
 def step_latency(bundle: Path, provider: str, positions, repeats: int, eager: bool) -> dict:
-    from benchmarks.bench_decoder import bench_eager, bench_onnx, conditioning_from_bundle, summarize
-    from runtime.onnx_pipeline import OnnxPipeline
-    from runtime.sampling import SamplingConfig
+    from img2music.benchmarks.bench_decoder import bench_eager, bench_onnx, conditioning_from_bundle, summarize
+    from img2music.runtime.generation.sampling import SamplingConfig
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     sampling = SamplingConfig(guidance_scale=3.0, temperature=1.0, top_k=250, seed=0)
     rows = {}
@@ -146,8 +143,8 @@ def step_latency(bundle: Path, provider: str, positions, repeats: int, eager: bo
         rows[label] = {pos: {k: summarize(v)["median"] for k, v in r.items()} for pos, r in result.items()}
         del pipeline
     if eager:
-        from basics.models import load_models
-        from runtime.bundle import load_bundle
+        from img2music.basics.models import load_models
+        from img2music.runtime.bundle.loading import load_bundle
 
         preset = load_bundle(bundle, verify_hashes=False).manifest.provenance.source["preset"]
         result = bench_eager(load_models(preset=preset), cond, mask, positions, sampling, 3, repeats, device="cuda")
@@ -157,9 +154,9 @@ def step_latency(bundle: Path, provider: str, positions, repeats: int, eager: bo
 
 
 def end_to_end(bundle: Path, provider: str, seconds: float) -> dict:
-    from benchmarks.suite_config import benchmark_image
-    from runtime.onnx_pipeline import OnnxPipeline
-    from runtime.sampling import SamplingConfig
+    from img2music.benchmarks.suite_config import benchmark_image
+    from img2music.runtime.generation.sampling import SamplingConfig
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     pipeline = OnnxPipeline.load(bundle, provider=provider)
     image = benchmark_image()
@@ -174,7 +171,7 @@ def end_to_end(bundle: Path, provider: str, seconds: float) -> dict:
 
 
 def tensorrt(bundle: Path, seconds: float) -> dict:
-    from export.tensorrt_cache import build_engine_cache
+    from img2music.export.tensorrt_cache import build_engine_cache
 
     start = time.perf_counter()
     build_engine_cache(bundle)

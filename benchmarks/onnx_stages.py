@@ -6,17 +6,17 @@ import time
 
 import numpy as np
 
-from benchmarks.bench_decoder import bench_onnx
-from benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
-from benchmarks.suite_config import SuiteConfig, benchmark_image
-from runtime.sampling import SamplingConfig
+from img2music.benchmarks.bench_decoder import bench_onnx
+from img2music.benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
+from img2music.benchmarks.suite_config import SuiteConfig, benchmark_image
+from img2music.runtime.generation.sampling import SamplingConfig
 
 BENCHMARK_PROMPT = "slow warm piano with soft strings, no drums, 70 bpm, melancholic"
 
 
 def measure_bundle(bundle: str, config: SuiteConfig, provider: str = "cpu") -> dict:
-    from runtime.onnx_pipeline import OnnxPipeline
-    from runtime.preprocess import preprocess_images
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
+    from img2music.runtime.pipeline.preprocess import preprocess_images
 
     start = time.perf_counter()
     pipeline = OnnxPipeline.load(bundle, threads=config.threads, provider=provider)

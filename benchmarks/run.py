@@ -24,19 +24,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli, setup_logging
-from benchmarks.machine import machine_record
-from benchmarks.suite_config import SuiteConfig, stage_names
-from runtime.backends import PROVIDERS
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli, setup_logging
+from img2music.benchmarks.machine import machine_record
+from img2music.benchmarks.suite_config import SuiteConfig, stage_names
+from img2music.runtime.backends.providers import PROVIDERS
 
 MEASUREMENTS = {
-    "bundle": "benchmarks.onnx_stages:measure_bundle",
-    "eager": "benchmarks.eager_stages:measure_eager",
-    "text": "benchmarks.text_pipeline:measure_text_pipeline",
+    "bundle": "img2music.benchmarks.onnx_stages:measure_bundle",
+    "eager": "img2music.benchmarks.eager_stages:measure_eager",
+    "text": "img2music.benchmarks.text_pipeline:measure_text_pipeline",
 }
 
 
@@ -92,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-pipeline", choices=("none", "tiny", "cpu-max"), default="none",
                    help="thesis comparison with random-weight captioner + LLM stand-ins")
     p.add_argument("--provider", choices=PROVIDERS, default="cpu",
-                   help="where the bundles run (runtime/backends.py): cpu, cuda or tensorrt (fp16 bundles)")
+                   help="where the bundles run (runtime/backends/providers.py): cpu, cuda or tensorrt (fp16 bundles)")
     p.add_argument("--out", default="results", help="output directory")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads per backend")
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed calls per short stage")
@@ -130,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     preset = args.preset
     if preset is None and args.bundle and not (args.musicgen or args.clip):
-        from runtime.bundle import load_bundle
+        from img2music.runtime.bundle.loading import load_bundle
 
         preset = load_bundle(args.bundle[0], verify_hashes=False).manifest.provenance.source.get("preset")
     backends = {}
@@ -149,14 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = comparison = None
     if args.text_pipeline != "none":
         print(f"measuring the text-mediated pipeline ({args.text_pipeline} stand-ins) ...", flush=True)
-        from benchmarks.text_pipeline import comparison as compare
+        from img2music.benchmarks.text_pipeline import comparison as compare
 
         text = run_isolated("text", args.text_pipeline, preset or "small-random", config.threads,
                             max(1, config.e2e_repeats))
         if reference:
             comparison = compare(text, backends[reference])
 
-    from benchmarks.report import add_ratios, chart, markdown, validate
+    from img2music.benchmarks.report import add_ratios, chart, markdown, validate
 
     results = {
         "schema_version": 1,

@@ -42,7 +42,7 @@ def benchmark_image():
     try:
         import skimage.data
     except ImportError as exc:
-        from basics.errors import Img2MusicError
+        from img2music.basics.errors import Img2MusicError
 
         raise Img2MusicError("the benchmark's photograph comes from scikit-image: pip install scikit-image") from exc
     from PIL import Image

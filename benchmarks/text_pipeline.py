@@ -19,7 +19,7 @@ weights and real compute:
 
 from __future__ import annotations
 
-from benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
+from img2music.benchmarks.stats import peak_rss_mb, summarize_ms, time_calls
 
 CAPTION_TOKENS = 20
 PROMPT_TOKENS = 90
@@ -55,7 +55,7 @@ def stand_in_models(size: str):
 def measure_text_pipeline(size: str, musicgen_preset: str, threads: int, repeats: int) -> dict:
     import torch
 
-    from basics.models import load_models
+    from img2music.basics.models import load_models
 
     torch.set_num_threads(threads)
     captioner, image_size, llm = stand_in_models(size)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.generation import CodeGenerator
-from runtime.sampling import SamplingConfig
+from img2music.runtime.generation.core import CodeGenerator
+from img2music.runtime.generation.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from basics.clip_image_config import ClipImageConfig
-from basics.errors import Img2MusicError
-from basics.model_config import DecoderConfig
-from basics.onnx_files import save_model
-from calibration.accuracy import (
+from img2music.basics.clip_image_config import ClipImageConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.basics.model_config import DecoderConfig
+from img2music.basics.onnx_files import save_model
+from img2music.calibration.accuracy import (
     THRESHOLDS,
     check,
     clip_cosine,
@@ -35,17 +35,17 @@ from calibration.accuracy import (
     text_cosine,
     write_report,
 )
-from calibration.half_precision import KEEP_FLOAT32_IO, to_float16
-from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
-from calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
-from calibration.representative_data import representative_images
-from runtime.bundle import sha256_file
-from runtime.decoder_session import DecoderSession
-from runtime.generation import CodeGenerator
-from runtime.onnx_session import create_session, weights_over
-from runtime.ort_decoder_session import OrtDecoderSession
-from runtime.preprocess import preprocess_images
-from runtime.sampling import SamplingConfig
+from img2music.calibration.half_precision import KEEP_FLOAT32_IO, to_float16
+from img2music.calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
+from img2music.calibration.quantize import BLOCK_SIZE, CLIP_BLOCK_SIZE, WEIGHT_BITS, int8_kv_cache, quantize_weights
+from img2music.calibration.representative_data import representative_images
+from img2music.runtime.backends.ort_decoder import OrtDecoderSession
+from img2music.runtime.backends.ort_session import create_session, weights_over
+from img2music.runtime.bundle.loading import sha256_file
+from img2music.runtime.generation.core import CodeGenerator
+from img2music.runtime.generation.decoder_session import DecoderSession
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.pipeline.preprocess import preprocess_images
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,8 @@ def _text_accuracy(root: Path, tmp: Path, prompts: int = 16) -> dict | None:
         return None
     if not (tmp / "t5_encoder.onnx").exists():
         return {"cosine": None, "prompts": 0, "note": "not converted (fp32): identical to fp32"}
-    from basics.prompt_bank import load_directives
-    from runtime.text_encoder import TOKENIZER_FILE, load_tokenizer
+    from img2music.basics.prompt_bank import load_directives
+    from img2music.runtime.pipeline.text_encoder import TOKENIZER_FILE, load_tokenizer
 
     texts = load_directives()[:prompts]
     cosine = text_cosine(create_session(root / "t5_encoder.onnx"), create_session(tmp / "t5_encoder.onnx"),

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from runtime.generation import CodeGenerator
-from runtime.sampling import SamplingConfig
+from img2music.runtime.generation.core import CodeGenerator
+from img2music.runtime.generation.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance
 
-from basics.errors import Img2MusicError
-from runtime.preprocess import load_image
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.pipeline.preprocess import load_image
 
 SKIMAGE_PHOTOS = (
     "astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry", "hubble_deep_field",

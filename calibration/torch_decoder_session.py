@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from basics.errors import Img2MusicError
-from basics.model_config import DecoderConfig
-from runtime.decoder_session import DecoderSession
+from img2music.basics.errors import Img2MusicError
+from img2music.basics.model_config import DecoderConfig
+from img2music.runtime.generation.decoder_session import DecoderSession
 
 
 class TorchDecoderSession(DecoderSession):

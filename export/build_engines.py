@@ -34,12 +34,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python export/build_engines.py`
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli, setup_logging
-from basics.presets import PRESETS
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli, setup_logging
+from img2music.basics.presets import PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tensorrt:
         if args.precision != "fp16":
             raise Img2MusicError("--tensorrt builds engines for fp16 bundles: add --precision fp16")
-        from runtime.gpu_facts import tensorrt_facts
+        from img2music.runtime.backends.gpu_facts import tensorrt_facts
 
         facts = tensorrt_facts()  # fails here, in a second, on a machine without the GPU stack
         print(f"TensorRT {facts.tensorrt_version} on {facts.gpu_name} (compute {facts.compute_capability})")
@@ -105,29 +102,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.projector is not None and not Path(args.projector).is_file():
         raise Img2MusicError(f"projector checkpoint not found: {args.projector}")
-    from basics.models import load_models
+    from img2music.basics.models import load_models
 
     start = time.perf_counter()
     print("loading models ...", flush=True)
     models = load_models(preset=args.preset, musicgen=args.musicgen, clip=args.clip, seed=args.seed)
     quantization = None
     if args.precision != "fp32":
-        from calibration.build_quantized import QuantizationOptions
-        from calibration.kv_calibration import KvCalibrationConfig
+        from img2music.calibration.build_quantized import QuantizationOptions
+        from img2music.calibration.kv_calibration import KvCalibrationConfig
 
         quantization = QuantizationOptions(
             precision=args.precision, images=args.calibration_images, image_limit=args.calibration_image_limit,
             kv=KvCalibrationConfig(steps=args.calibration_steps, seed=args.seed), report_steps=args.report_steps,
             reference=args.reference,
         )
-    from export.bundle_build import build_bundle
+    from img2music.export.bundle_build import build_bundle
 
     try:
         manifest = build_bundle(partial, models, seed=args.seed, report=lambda line: print(line, flush=True),
                                 quantization=quantization, projector_checkpoint=args.projector,
                                 text=not args.no_text, release_weights=True)
         if args.tensorrt:
-            from export.tensorrt_cache import build_engine_cache
+            from img2music.export.tensorrt_cache import build_engine_cache
 
             manifest = build_engine_cache(partial, report=print)
     except BaseException:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     graph is written and validated only when it is the reference."""
     import torch
 
-    from basics.graph_specs import (
+    from img2music.basics.graph_specs import (
         attention_dtype,
         clip_vision_spec,
         cross_kv_spec,
@@ -69,17 +69,17 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         projector_spec,
         t5_encoder_spec,
     )
-    from basics.onnx_files import save_model
-    from basics.prompt_bank import PromptBankProjector, build_prompt_bank, load_directives
-    from calibration.quantize import BLOCK_SIZE, WEIGHT_BITS
-    from export.bundle_writer import write_manifest
-    from export.cross_kv import build_cross_kv
-    from export.decoder_step import DecoderWeights, build_decoder_step
-    from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
-    from export.prompt_bank_graph import build_prompt_bank_graph
-    from export.text_encoder import export_text_encoder
-    from export.torch_export import ClipVisionGraph, ProjectorGraph, export_module
-    from export.validation import (
+    from img2music.basics.onnx_files import save_model
+    from img2music.basics.prompt_bank import PromptBankProjector, build_prompt_bank, load_directives
+    from img2music.calibration.quantize import BLOCK_SIZE, WEIGHT_BITS
+    from img2music.export.bundle_writer import write_manifest
+    from img2music.export.cross_kv import build_cross_kv
+    from img2music.export.decoder_step import DecoderWeights, build_decoder_step
+    from img2music.export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
+    from img2music.export.prompt_bank_graph import build_prompt_bank_graph
+    from img2music.export.text_encoder import export_text_encoder
+    from img2music.export.torch_export import ClipVisionGraph, ProjectorGraph, export_module
+    from img2music.export.validation import (
         validate_clip,
         validate_cross_kv,
         validate_decoder_step,
@@ -87,8 +87,8 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
         validate_projector,
         validate_text_encoder,
     )
-    from runtime.onnx_session import create_session, weights_over
-    from runtime.ort_decoder_session import OrtDecoderSession
+    from img2music.runtime.backends.ort_decoder import OrtDecoderSession
+    from img2music.runtime.backends.ort_session import create_session, weights_over
 
     report = report or log.info
     quantized_weights = quantization is not None and quantization.precision in WEIGHT_BITS
@@ -202,14 +202,14 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
             module.to("meta")  # configs stay readable
         gc.collect()
     if quantization is not None:
-        from calibration.build_quantized import quantize_bundle
+        from img2music.calibration.build_quantized import quantize_bundle
 
         step(f"{quantization.precision}: " + ("float16 graphs" if quantization.precision == "fp16"
                                               else "calibration, quantization") + ", accuracy report"
              + (" (reference: transformers)" if reference == "torch" else ""))
         torch_reference = None
         if reference == "torch":
-            from calibration.torch_decoder_session import TorchDecoderSession
+            from img2music.calibration.torch_decoder_session import TorchDecoderSession
 
             torch_reference = TorchDecoderSession(mg, decoder_config)
         quantized = quantize_bundle(out, decoder_config, models.image_config, quantization, report=report,
@@ -235,7 +235,7 @@ def _physical_memory() -> int | None:
 
 def load_trained_projector(path: str, clip_dim: int, text_dim: int):
     """(projector module, manifest provenance) from a train.py checkpoint that fits these models."""
-    from training.evaluate import load_checkpoint
+    from img2music.training.evaluate import load_checkpoint
 
     model, state = load_checkpoint(path)
     c = model.config

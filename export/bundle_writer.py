@@ -1,6 +1,6 @@
 """Writing the engine bundle's ``manifest.json`` through the runtime's own manifest types.
 
-The manifest is built as a ``runtime.bundle_manifest.BundleManifest`` and serialized by
+The manifest is built as a ``runtime.bundle.manifest.BundleManifest`` and serialized by
 it, so what the exporter writes is what the runtime parses.
 """
 
@@ -11,11 +11,11 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from basics.graph_specs import GraphSpec
-from basics.model_config import ClipConfig, ConditioningConfig, EncodecStreamConfig, ModelConfig, TextConfig
-from export.onnx_graph import OPSET
-from runtime.bundle import sha256_file
-from runtime.bundle_manifest import (
+from img2music.basics.graph_specs import GraphSpec
+from img2music.basics.model_config import ClipConfig, ConditioningConfig, EncodecStreamConfig, ModelConfig, TextConfig
+from img2music.export.onnx_graph import OPSET
+from img2music.runtime.bundle.loading import sha256_file
+from img2music.runtime.bundle.manifest import (
     MANIFEST,
     SCHEMA_VERSION,
     BundleManifest,
@@ -53,7 +53,7 @@ def write_manifest(root: Path, graphs: dict[str, GraphSpec], models, bank_direct
     ``projector``: a trained projector's kind and provenance (None: the prompt bank);
     ``text``: the text encoder's section (None: a bundle without prompts).
     Returns the manifest as written (a JSON dict)."""
-    from export.encodec_stream import lstm_shape
+    from img2music.export.encodec_stream import lstm_shape
 
     quantized = dict(quantized or {})
     precisions = quantized.get("graph_precisions", {})

@@ -11,7 +11,7 @@ masked row (the guidance null branch) gives uniform weights over zero values
 ``conditioning_log_weight`` log(w) is added to the attention scores of a token: its share
 of the attention is w times what it would be otherwise, before the softmax renormalises.
 That is how a text prompt is weighed against the image's tokens
-(``runtime.conditioning``); all zeros is plain transformers, a very negative value drops
+(``runtime.generation.conditioning``); all zeros is plain transformers, a very negative value drops
 the token. The runtime takes the log (of w floored at 1e-30: log 0 would be -inf and a
 fully masked row NaN) because the values stay representable in float16 bundles, where a
 1e-30 inside the graph would round to 0.
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from basics.graph_specs import cross_kv_spec
-from export.onnx_graph import FLOAT, INT64, GraphBuilder, linear_weight
+from img2music.basics.graph_specs import cross_kv_spec
+from img2music.export.onnx_graph import FLOAT, INT64, GraphBuilder, linear_weight
 
 FLOAT32_MIN = float(np.finfo(np.float32).min)
 

@@ -10,10 +10,10 @@ whole cache every step, so its cost grows with length (55 -> 169 ms from 16 to 1
 positions on two cores). ONNX Runtime's ``com.microsoft.GroupQueryAttention`` reads
 ``past_key``/``past_value`` of shape (B2, H, L_max, 64), writes only row
 ``seqlens_k`` and works in place when past and present are the same OrtValue (IO
-binding, ``runtime.ort_decoder_session``): 47 -> 67 ms in the prototype. It needs a
+binding, ``runtime.backends.ort_decoder``): 47 -> 67 ms in the prototype. It needs a
 head size that is a multiple of 8 (64 for every MusicGen). TensorRT has no kernel for
 it, so under ``--provider tensorrt`` this graph stays on the CUDA provider
-(runtime/backends.py).
+(runtime/backends/providers.py).
 
 Per layer (pre-LayerNorm, no biases, exact GELU)::
 
@@ -36,9 +36,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from basics.checkpoint_limits import check, decoder_problems
-from basics.graph_specs import LM_HEADS_NODE, decoder_step_spec
-from export.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder, layer_norm, linear_weight, skip_layer_norm
+from img2music.basics.checkpoint_limits import check, decoder_problems
+from img2music.basics.graph_specs import LM_HEADS_NODE, decoder_step_spec
+from img2music.export.onnx_graph import (
+    FLOAT,
+    INT32,
+    INT64,
+    MS_DOMAIN,
+    GraphBuilder,
+    layer_norm,
+    linear_weight,
+    skip_layer_norm,
+)
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ def build_decoder_step(decoder_lm, weights: DecoderWeights = DecoderWeights()) -
     def matmul(x: str, name: str, weight: np.ndarray, bits: int | None = weights.bits, outputs=1) -> str:
         if bits is None:
             return g.op("MatMul", [x, g.weight(name, weight)], outputs=outputs)
-        from calibration.quantize import quantize_matmul_weight
+        from img2music.calibration.quantize import quantize_matmul_weight
 
         packed, scales = quantize_matmul_weight(weight, bits, weights.block_size)
         return g.op("MatMulNBits", [x, g.weight(f"{name}_Q{bits}", packed), g.weight(f"{name}_scales", scales)],

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m export.demo --out out/demo            # what `make demo` runs
-    python -m export.demo --preset small-random --seconds 10
+    python -m img2music.export.demo --out out/demo            # what `make demo` runs
+    python -m img2music.export.demo --preset small-random --seconds 10
 
 Writes the photographs to ``<out>/images/``; runs the PyTorch reference pipeline
 (one WAV per photograph in ``<out>/reference/``), exports the models into an engine
@@ -20,12 +20,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python export/demo.py`
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli
-from basics.presets import PRESETS
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli
+from img2music.basics.presets import PRESETS
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -56,9 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     photos = write_photos(out / "images")
     print(f"photographs: {', '.join(str(p) for p in photos)}")
-    from basics.models import load_models
-    from export.bundle_build import build_bundle
-    from runtime import generate
+    from img2music.basics.models import load_models
+    from img2music.export.bundle_build import build_bundle
+    from img2music.runtime.cli import generate
 
     images = [arg for photo in photos for arg in ("--image", str(photo))]
     common = ["--seconds", args.seconds, "--no-progress", *images]

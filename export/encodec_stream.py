@@ -1,4 +1,4 @@
-"""The torch modules of the streaming EnCodec decoder's two graphs (runtime/encodec_stream.py).
+"""The torch modules of the streaming EnCodec decoder's two graphs (runtime/pipeline/encodec_stream.py).
 
 ``encodec_stream_front``: audio_codes (B, K, T) + lstm_h/lstm_c (layers, B, C) ->
 lstm_frames (B, C, T - 6), lstm_h_out, lstm_c_out. The first convolution runs without

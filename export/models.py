@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python export/models.py`
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import run_cli, setup_logging
-from basics.models import build_preset, count_parameters, save_models
-from basics.presets import PRESETS
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import run_cli, setup_logging
+from img2music.basics.models import build_preset, count_parameters, save_models
+from img2music.basics.presets import PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from basics.graph_specs import projector_spec
-from basics.prompt_bank import PromptBank
-from export.onnx_graph import FLOAT, INT64, GraphBuilder
+from img2music.basics.graph_specs import projector_spec
+from img2music.basics.prompt_bank import PromptBank
+from img2music.export.onnx_graph import FLOAT, INT64, GraphBuilder
 
 
 def build_prompt_bank_graph(bank: PromptBank) -> "onnx.ModelProto":  # noqa: F821

@@ -1,7 +1,7 @@
 """TensorRT engines for an fp16 bundle, built on the GPU that will run them (``build_engines.py --tensorrt``).
 
 ONNX Runtime's TensorRT provider builds an engine per graph (one optimization profile,
-``runtime.backends.tensorrt_profile``) and keeps it in the bundle directory as its
+``runtime.backends.providers.tensorrt_profile``) and keeps it in the bundle directory as its
 engine cache, with a timing cache beside it. Building them here, at build time, means
 the installation never builds at start-up (minutes on a Jetson) and the engines are
 listed and hashed in the manifest like every other file, together with the TensorRT
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from basics.errors import Img2MusicError
-from runtime.backends import (
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.backends.providers import (
     TENSORRT_GRAPHS,
     TENSORRT_MAX_CHUNK_FRAMES,
     TENSORRT_MAX_IMAGES,
@@ -29,8 +29,8 @@ from runtime.backends import (
     graph_providers,
     tensorrt_profile,
 )
-from runtime.bundle import load_bundle
-from runtime.bundle_manifest import MANIFEST
+from img2music.runtime.bundle.loading import load_bundle
+from img2music.runtime.bundle.manifest import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64,
 def build_engine_cache(root: Path, report=None) -> dict:
     """Engines for ``root``'s TensorRT graphs on this machine's GPU; the manifest records and
     hashes them. Returns the manifest as written (a JSON dict)."""
-    from export.bundle_writer import file_entries
-    from runtime.gpu_facts import tensorrt_facts
-    from runtime.onnx_session import create_session
+    from img2music.export.bundle_writer import file_entries
+    from img2music.runtime.backends.gpu_facts import tensorrt_facts
+    from img2music.runtime.backends.ort_session import create_session
 
     report = report or log.info
     facts = tensorrt_facts()

@@ -21,13 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):  # run as `python export/tensorrt_check.py`
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli, setup_logging
-from runtime.backends import TENSORRT_GRAPHS, tensorrt_profile
-from runtime.bundle import load_bundle
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli, setup_logging
+from img2music.runtime.backends.providers import TENSORRT_GRAPHS, tensorrt_profile
+from img2music.runtime.bundle.loading import load_bundle
 
 
 @dataclass

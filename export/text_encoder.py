@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from basics.errors import Img2MusicError
-from basics.model_config import TextConfig
-from runtime.text_encoder import TOKENIZER_FILE
+from img2music.basics.errors import Img2MusicError
+from img2music.basics.model_config import TextConfig
+from img2music.runtime.pipeline.text_encoder import TOKENIZER_FILE
 
 MAX_PROMPT_TOKENS = 512
 """T5's tokenizers are made for 512 tokens (``model_max_length``); relative positions would
@@ -26,8 +26,8 @@ def export_text_encoder(models, out: Path) -> TextConfig:
     """Write ``t5_encoder.onnx`` and ``tokenizer.json`` into ``out``; returns the manifest's text section."""
     import torch
 
-    from basics.graph_specs import t5_encoder_spec
-    from export.torch_export import T5EncoderGraph, export_module
+    from img2music.basics.graph_specs import t5_encoder_spec
+    from img2music.export.torch_export import T5EncoderGraph, export_module
 
     tokenizer = models.t5_tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)

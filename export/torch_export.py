@@ -10,8 +10,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from basics.graph_specs import GraphSpec
-from export.onnx_graph import OPSET
+from img2music.basics.graph_specs import GraphSpec
+from img2music.export.onnx_graph import OPSET
 
 
 def export_module(module, example_inputs: tuple, spec: GraphSpec, path: Path) -> None:
@@ -19,7 +19,7 @@ def export_module(module, example_inputs: tuple, spec: GraphSpec, path: Path) ->
     import onnx
     import torch
 
-    from basics.onnx_files import save_model
+    from img2music.basics.onnx_files import save_model
 
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings(), torch.no_grad():

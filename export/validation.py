@@ -56,7 +56,7 @@ def compare(graph: str, names, ours, reference, tolerance: float = FP32_TOLERANC
 def validate_clip(session, models, batch: int = 2, seed: int = 0) -> list[OutputCheck]:
     import torch
 
-    from export.torch_export import ClipVisionGraph
+    from img2music.export.torch_export import ClipVisionGraph
 
     size = models.image_config.crop_height
     pixels = np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
@@ -97,7 +97,7 @@ def validation_conditioning(models, batch: int, cond_len: int, seed: int):
 def validate_cross_kv(session, models, batch: int = 2, cond_len: int = 7, seed: int = 0) -> list[OutputCheck]:
     import torch
 
-    from runtime.conditioning import log_weights
+    from img2music.runtime.generation.conditioning import log_weights
 
     cond, mask = validation_conditioning(models, batch, cond_len, seed)
     # row 0 weighs its last attended token by 2.5 and its first by 0 (floored): a prompt's weighting
@@ -180,8 +180,8 @@ def validate_encodec_stream(front_session, back_session, models, batch: int = 2,
     """Both stream graphs vs their torch modules, and the ONNX stream vs the full decode (SNR)."""
     import torch
 
-    from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
-    from runtime.encodec_stream import EncodecStreamDecoder, onnx_stream_functions, snr_db
+    from img2music.export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
+    from img2music.runtime.pipeline.encodec_stream import EncodecStreamDecoder, onnx_stream_functions, snr_db
 
     codec = models.musicgen.audio_encoder
     layers, channels = lstm_shape(codec)
@@ -219,7 +219,7 @@ def validate_text_encoder(session, tokenizer_path, models, prompts: list[str]) -
     (``tokenizers`` alone, as the runtime reads it) vs transformers' tokenizer, id for id."""
     import torch
 
-    from runtime.text_encoder import load_tokenizer
+    from img2music.runtime.pipeline.text_encoder import load_tokenizer
 
     batch = models.t5_tokenizer(prompts, padding=True, return_tensors="pt")
     with torch.no_grad():

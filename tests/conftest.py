@@ -40,14 +40,14 @@ def photo_files(tmp_path_factory, photos) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_models():
-    from basics.models import build_preset
+    from img2music.basics.models import build_preset
 
     return build_preset("tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_models):
-    from runtime.reference import ReferencePipeline
+    from img2music.runtime.torch_reference import ReferencePipeline
 
     return ReferencePipeline(tiny_models)
 
@@ -55,7 +55,7 @@ def tiny_pipeline(tiny_models):
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dirs(tmp_path_factory, tiny_models):
     """The tiny preset saved as ordinary checkpoint directories (musicgen/, clip/)."""
-    from basics.models import save_models
+    from img2music.basics.models import save_models
 
     mg, clip = save_models(tiny_models, tmp_path_factory.mktemp("tiny-checkpoints"))
     return str(mg), str(clip)
@@ -68,7 +68,7 @@ def max_abs(a, b) -> float:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_models):
     """The tiny preset exported as an engine bundle (validated during the build)."""
-    from export.bundle_build import build_bundle
+    from img2music.export.bundle_build import build_bundle
 
     root = tmp_path_factory.mktemp("bundles") / "tiny"
     lines = []
@@ -78,15 +78,15 @@ def tiny_bundle(tmp_path_factory, tiny_models):
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_bundle):
-    from runtime.onnx_pipeline import OnnxPipeline
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     return OnnxPipeline.load(tiny_bundle, threads=2)
 
 
 def quick_quantization(precision: str):
     """Calibration options small enough for tests (the defaults run 250-step generations)."""
-    from calibration.build_quantized import QuantizationOptions
-    from calibration.kv_calibration import KvCalibrationConfig
+    from img2music.calibration.build_quantized import QuantizationOptions
+    from img2music.calibration.kv_calibration import KvCalibrationConfig
 
     return QuantizationOptions(precision=precision, image_limit=18, kv=KvCalibrationConfig(steps=80, batch=4),
                                report_steps=120)
@@ -94,7 +94,7 @@ def quick_quantization(precision: str):
 
 @pytest.fixture(scope="session", params=["int8", "int4"])
 def tiny_quantized_bundle(request, tmp_path_factory, tiny_models):
-    from export.bundle_build import build_bundle
+    from img2music.export.bundle_build import build_bundle
 
     root = tmp_path_factory.mktemp("bundles") / f"tiny-{request.param}"
     build_bundle(root, tiny_models, report=lambda line: None, quantization=quick_quantization(request.param))
@@ -104,7 +104,7 @@ def tiny_quantized_bundle(request, tmp_path_factory, tiny_models):
 @pytest.fixture(scope="session")
 def tiny_fp16_bundle(tmp_path_factory, tiny_models):
     """The tiny preset as a GPU (fp16) bundle; its accuracy report runs on the CPU."""
-    from export.bundle_build import build_bundle
+    from img2music.export.bundle_build import build_bundle
 
     root = tmp_path_factory.mktemp("bundles") / "tiny-fp16"
     build_bundle(root, tiny_models, report=lambda line: None, quantization=quick_quantization("fp16"))

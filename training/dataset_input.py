@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from basics.errors import Img2MusicError
-from basics.manifest import read_manifest
+from img2music.basics.errors import Img2MusicError
+from img2music.basics.manifest import read_manifest
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 FIELDS = ("image", "audio", "text", "emotion", "genre")

@@ -29,10 +29,10 @@ class StepWorker:
     def __init__(self, config: dict, step: str) -> None:
         from pathlib import Path
 
-        from training.build_dataset import BuildConfig, Builder
-        from training.dataset_store import StepCache
+        from img2music.training.dataset_builder import BuildConfig, Builder
+        from img2music.training.dataset_store import StepCache
 
-        self.builder = Builder(BuildConfig(**config))
+        self.builder = Builder(BuildConfig(**{**config, "ray": None}))  # a worker runs its batches itself
         if step == "codes":  # generated codes start from the finished t5 step's targets
             self.builder.caches = {"t5": StepCache(Path(config["out"]), "t5")}
         self.work = self.builder.step_work(step)
@@ -57,7 +57,7 @@ def run_step(builder, name: str, batches: list[list[dict]], cache, on_batch: Cal
 
     c = builder.c
     gpus = c.gpus_per_worker
-    from basics.ray_cluster import actor_pool, cluster_slots
+    from img2music.basics.ray_cluster import actor_pool, cluster_slots
 
     workers = c.ray_workers or cluster_slots(ray, c.cpus_per_worker, gpus)
     workers = max(1, min(workers, len(batches)))

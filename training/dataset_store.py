@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
 
 FORMAT = 1
 SHARD_ROWS = 1024

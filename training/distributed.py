@@ -34,8 +34,8 @@ import logging
 import os
 import sys
 
-from basics.errors import Img2MusicError
-from training.train import TrainConfig, Trainer
+from img2music.basics.errors import Img2MusicError
+from img2music.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class DistributedTrainer(Trainer):
         return t, logged
 
     def _disc_step(self, batch: dict) -> float:
-        from training.losses import discriminator_loss
+        from img2music.training.losses import discriminator_loss
 
         torch = self.torch
         with torch.no_grad():

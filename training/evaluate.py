@@ -22,11 +22,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from basics.cli_help import DefaultsHelpFormatter
-from basics.errors import Img2MusicError, run_cli, setup_logging
+from img2music.basics.cli_help import DefaultsHelpFormatter
+from img2music.basics.errors import Img2MusicError, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +32,7 @@ def load_checkpoint(path: str):
     """(projector module in eval mode, checkpoint dict) from a train.py checkpoint."""
     import torch
 
-    from training.projector import build_projector
+    from img2music.training.projector import build_projector
 
     p = Path(path)
     if not p.is_file():
@@ -54,8 +51,8 @@ def load_checkpoint(path: str):
 def evaluate_model(model, data: str, split: str, num_tokens: int) -> dict:
     import torch
 
-    from training.losses import latent_terms
-    from training.train import load_split_tensors
+    from img2music.training.losses import latent_terms
+    from img2music.training.trainer import load_split_tensors
 
     t = load_split_tensors(data, split, num_tokens)
     with torch.no_grad():
@@ -88,7 +85,7 @@ def _row(name: str, model, state: dict, data: str, split: str) -> dict:
 def run_ablations(data: str, configs: list[str], runs: str, epochs: int | None, split: str,
                   report=None) -> list[dict]:
     """Train (or resume) every ablation config and evaluate it; ``report`` gets progress (default: the log)."""
-    from training.train import TrainConfig, Trainer
+    from img2music.training.trainer import TrainConfig, Trainer
 
     report = report or log.info
     rows = []

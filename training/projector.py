@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from basics.prompt_bank import ProjectorOutput
+from img2music.basics.prompt_bank import ProjectorOutput
 
 
 @dataclass

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from basics.models import from_pretrained
-from basics.prompt_bank import load_directives
+from img2music.basics.models import from_pretrained
+from img2music.basics.prompt_bank import load_directives
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
 DEFAULT_LLM = "meta-llama/Llama-3.1-8B-Instruct"

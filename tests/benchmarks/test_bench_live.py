@@ -4,7 +4,7 @@ competing-load phases (the run is real; only the bundle is tiny)."""
 import json
 import re
 
-from benchmarks import bench_live
+from img2music.benchmarks import bench_live
 
 
 def test_rtf_with_a_competing_load(tiny_bundle, tmp_path, capsys):

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from basics.errors import run_cli
-from benchmarks import music_metrics as mm
-from benchmarks.evaluate_music import main
+from img2music.basics.errors import run_cli
+from img2music.benchmarks import music_metrics as mm
+from img2music.benchmarks.evaluate_music import main
 
 INT4 = pytest.mark.parametrize("tiny_quantized_bundle", ["int4"], indirect=True)
 """The int4 bundle of the shared tiny bundles (tests/conftest.py)."""

@@ -6,7 +6,7 @@ import wave
 
 import numpy as np
 
-from benchmarks.fault_soak import metrics_report, recording_report, stderr_report
+from img2music.benchmarks.fault_soak import metrics_report, recording_report, stderr_report
 
 
 def test_metrics_report_slope_and_gaps(tmp_path):

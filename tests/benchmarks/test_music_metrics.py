@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard
 
-from benchmarks import music_metrics as mm
+from img2music.benchmarks import music_metrics as mm
 
 
 def test_fad_of_identical_sets_is_zero():

@@ -80,8 +80,8 @@ def test_bad_arguments_fail_cleanly(tmp_path):
 @pytest.mark.parametrize("target, args, why", [("os:_exit", (3,), "exit code 3"),
                                                ("os:abort", (), "killed by signal 6")])
 def test_a_child_that_dies_fails_the_suite_instead_of_hanging(target, args, why):
-    from basics.errors import Img2MusicError
-    from benchmarks.run import run_isolated
+    from img2music.basics.errors import Img2MusicError
+    from img2music.benchmarks.run import run_isolated
 
     outcome = []
 

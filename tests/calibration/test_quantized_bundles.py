@@ -6,16 +6,16 @@ import shutil
 import numpy as np
 import pytest
 
-from basics.errors import Img2MusicError
-from calibration.accuracy import THRESHOLDS, teacher_forced
-from calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
-from calibration.quantize import int8_kv_cache
-from runtime.bundle import load_bundle
-from runtime.generation import CodeGenerator
-from runtime.onnx_pipeline import OnnxPipeline
-from runtime.onnx_session import create_session
-from runtime.ort_decoder_session import OrtDecoderSession
-from runtime.sampling import SamplingConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.calibration.accuracy import THRESHOLDS, teacher_forced
+from img2music.calibration.kv_calibration import KvCalibrationConfig, calibrate_kv_scales
+from img2music.calibration.quantize import int8_kv_cache
+from img2music.runtime.backends.ort_decoder import OrtDecoderSession
+from img2music.runtime.backends.ort_session import create_session
+from img2music.runtime.bundle.loading import load_bundle
+from img2music.runtime.generation.core import CodeGenerator
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
 
 def test_quantized_bundle_builds_loads_and_generates(tiny_quantized_bundle, photos):
@@ -110,7 +110,7 @@ def test_wrong_scale_file_is_refused(tiny_quantized_bundle, tmp_path, tiny_model
         scales, absmax = data["scales"], data["absmax"]
     # scales made for another decoder graph, with the manifest's hash updated to match the file
     np.savez(bundle / "kv_scales.npz", scales=scales * 2, absmax=absmax, decoder_step_sha256=np.array("0" * 64))
-    from runtime.bundle import sha256_file
+    from img2music.runtime.bundle.loading import sha256_file
 
     manifest["files"]["kv_scales.npz"] = {"sha256": sha256_file(bundle / "kv_scales.npz"),
                                           "bytes": (bundle / "kv_scales.npz").stat().st_size}
@@ -134,8 +134,8 @@ def test_wrong_scale_file_is_refused(tiny_quantized_bundle, tmp_path, tiny_model
 
 def test_build_fails_below_thresholds(tiny_models, tmp_path, monkeypatch):
     """The gate works: an unreachable threshold fails the build and says why."""
-    import calibration.accuracy as accuracy
-    from export.bundle_build import build_bundle
+    import img2music.calibration.accuracy as accuracy
+    from img2music.export.bundle_build import build_bundle
     from tests.conftest import quick_quantization
 
     monkeypatch.setitem(accuracy.THRESHOLDS, "int8", accuracy.Thresholds(teacher_forced_agreement=1.01,
@@ -150,8 +150,8 @@ def test_build_fails_below_thresholds(tiny_models, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_small_random_int8_bundle(tmp_path):
     """Real-size int8 build (reduced calibration): builds, passes its thresholds, generates."""
-    from basics.models import build_preset
-    from export.bundle_build import build_bundle
+    from img2music.basics.models import build_preset
+    from img2music.export.bundle_build import build_bundle
     from tests.conftest import quick_quantization
 
     models = build_preset("small-random")

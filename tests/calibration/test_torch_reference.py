@@ -15,14 +15,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from basics.errors import Img2MusicError
-from calibration.quantize import pack_codes, quantize_weights, search_block_scales
-from calibration.torch_decoder_session import TorchDecoderSession
-from export.decoder_step import DecoderWeights, build_decoder_step
-from runtime.generation import CodeGenerator
-from runtime.onnx_session import create_session
-from runtime.ort_decoder_session import OrtDecoderSession
-from runtime.sampling import SamplingConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.calibration.quantize import pack_codes, quantize_weights, search_block_scales
+from img2music.calibration.torch_decoder_session import TorchDecoderSession
+from img2music.export.decoder_step import DecoderWeights, build_decoder_step
+from img2music.runtime.backends.ort_decoder import OrtDecoderSession
+from img2music.runtime.backends.ort_session import create_session
+from img2music.runtime.generation.core import CodeGenerator
+from img2music.runtime.generation.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,7 +118,7 @@ def test_torch_session_generates_what_the_float32_graph_does(tiny_models, tiny_o
 def test_a_torch_reference_build_equals_the_onnx_reference_build(tiny_quantized_bundle, tiny_models, tmp_path):
     """The same bundle but for float32 rounding: the decoder graph byte for byte, the KV scales and
     the report within float32 noise; no float32 decoder graph was written; the report says so."""
-    from export.bundle_build import build_bundle
+    from img2music.export.bundle_build import build_bundle
     from tests.conftest import quick_quantization
 
     options = quick_quantization(json.loads((tiny_quantized_bundle / "manifest.json").read_text())["precision"])
@@ -144,7 +144,7 @@ def test_a_torch_reference_build_equals_the_onnx_reference_build(tiny_quantized_
 
 
 def test_reference_choice(tiny_models, tmp_path):
-    from calibration.build_quantized import TORCH_REFERENCE_GIB, QuantizationOptions
+    from img2music.calibration.build_quantized import TORCH_REFERENCE_GIB, QuantizationOptions
 
     large = int(3.26e9) * 4  # musicgen-large's decoder in float32 bytes
     assert QuantizationOptions("int8").resolved_reference(large) == "torch"
@@ -160,7 +160,7 @@ def test_reference_choice(tiny_models, tmp_path):
 
 def test_a_float32_decoder_graph_too_large_for_the_machine_is_warned_of(tiny_models, tmp_path, monkeypatch):
     """Before the graph is written, not after an out-of-memory kill: the line names the way out."""
-    import export.bundle_build as bundle_build
+    import img2music.export.bundle_build as bundle_build
 
     decoder_bytes = 4 * sum(p.numel() for p in tiny_models.musicgen.decoder.parameters())
     monkeypatch.setattr(bundle_build, "_physical_memory", lambda: int(1.5 * decoder_bytes))

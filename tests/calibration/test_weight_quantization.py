@@ -5,8 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.quantize import pack_codes, quantize_matmul_weight, search_block_scales
-from runtime.onnx_session import create_session
+from img2music.calibration.quantize import pack_codes, quantize_matmul_weight, search_block_scales
+from img2music.runtime.backends.ort_session import create_session
 
 
 def matmul_model(weight: np.ndarray) -> onnx.ModelProto:

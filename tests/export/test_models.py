@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from basics.errors import Img2MusicError
-from basics.models import build_preset, load_models, preset_parameter_counts
-from basics.presets import DECODER_SIZES
+from img2music.basics.errors import Img2MusicError
+from img2music.basics.models import build_preset, load_models, preset_parameter_counts
+from img2music.basics.presets import DECODER_SIZES
 from tests.conftest import max_abs
 
 
@@ -95,8 +95,8 @@ def test_numpy_only_runtime_modules_do_not_import_torch():
     import sys
 
     code = (
-        "import sys; import runtime.preprocess, basics.prompt_bank, runtime.delay_pattern, "
-        "runtime.sampling, runtime.audio_files, runtime.timing, basics.errors; "
+        "import sys; import img2music.runtime.pipeline.preprocess, img2music.basics.prompt_bank, img2music.runtime.generation.delay_pattern, "
+        "img2music.runtime.generation.sampling, img2music.runtime.audio.files, img2music.runtime.pipeline.timing, img2music.basics.errors; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -108,7 +108,7 @@ def test_tiny_preset_repeats_exactly(tiny_models):
     (the T5 tokenizer's trainer alone orders tied pieces differently every time)."""
     import numpy as np
 
-    from basics.prompt_bank import build_prompt_bank
+    from img2music.basics.prompt_bank import build_prompt_bank
 
     again = build_preset("tiny", seed=0)
     assert again.t5_tokenizer.backend_tokenizer.to_str() == tiny_models.t5_tokenizer.backend_tokenizer.to_str()

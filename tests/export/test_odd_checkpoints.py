@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from basics.checkpoint_limits import clip_problems, musicgen_problems
+from img2music.basics.checkpoint_limits import clip_problems, musicgen_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,8 +19,8 @@ def _odd_models(tiny_models, mg_edit, clip_edit=None, image_size=None):
     import torch
     from transformers import CLIPModel, MusicgenForConditionalGeneration
 
-    from basics.clip_image_config import ClipImageConfig
-    from basics.models import LoadedModels, _seed_codebooks
+    from img2music.basics.clip_image_config import ClipImageConfig
+    from img2music.basics.models import LoadedModels, _seed_codebooks
 
     mg_config, clip_config = copy.deepcopy(tiny_models.musicgen.config), copy.deepcopy(tiny_models.clip.config)
     mg_edit(mg_config)
@@ -64,7 +64,7 @@ def _run(*args):
 
 
 def test_an_odd_but_consistent_checkpoint_exports_validates_and_runs(tiny_models, tmp_path, photo_files):
-    from basics.models import save_models
+    from img2music.basics.models import save_models
 
     models = _odd_models(tiny_models, _odd_everything, _odd_clip, image_size=48)
     mg_dir, clip_dir = save_models(models, tmp_path / "ckpt")
@@ -109,7 +109,7 @@ def test_what_the_runtime_cannot_run_is_named(tiny_models, case):
 
 
 def test_a_refused_checkpoint_is_one_error_line(tiny_models, tmp_path):
-    from basics.models import save_models
+    from img2music.basics.models import save_models
 
     models = _odd_models(tiny_models, REFUSED["head size 12"][0])
     mg_dir, clip_dir = save_models(models, tmp_path / "ckpt")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from basics.model_config import AudioConfig
-from export.validation import FP32_TOLERANCE
-from runtime.bundle import load_bundle
-from runtime.bundle_manifest import RUNTIME_GRAPHS
+from img2music.basics.model_config import AudioConfig
+from img2music.export.validation import FP32_TOLERANCE
+from img2music.runtime.bundle.loading import load_bundle
+from img2music.runtime.bundle.manifest import RUNTIME_GRAPHS
 from tests.conftest import max_abs
 
 
@@ -47,7 +47,7 @@ def test_decoder_step_matches_transformers_up_to_the_last_position(tiny_onnx, ti
     compared at the first, middle and last cache positions, and the cache rows."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    from export.validation import validation_conditioning
+    from img2music.export.validation import validation_conditioning
 
     mg = tiny_models.musicgen
     cond, mask = validation_conditioning(tiny_models, batch=1, cond_len=5, seed=3)
@@ -79,7 +79,7 @@ def test_decoder_step_matches_transformers_up_to_the_last_position(tiny_onnx, ti
 
 
 def test_projector_graph_picks_like_the_prompt_bank(tiny_onnx, tiny_pipeline, photos):
-    from runtime.preprocess import preprocess_images
+    from img2music.runtime.pipeline.preprocess import preprocess_images
 
     images = list(photos.values())
     pixels = preprocess_images(images, tiny_onnx.image_config)
@@ -104,7 +104,7 @@ def test_encodec_graph_any_length(tiny_onnx, tiny_models, frames):
 
 
 def test_too_few_frames_are_refused(tiny_onnx):
-    from basics.errors import Img2MusicError
+    from img2music.basics.errors import Img2MusicError
 
     with pytest.raises(Img2MusicError, match="at least 4 frames"):
         tiny_onnx.decode_audio(np.zeros((1, 4, 3), dtype=np.int64))

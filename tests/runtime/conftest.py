@@ -6,14 +6,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def stereo_models():
-    from basics.models import build_preset
+    from img2music.basics.models import build_preset
 
     return build_preset("tiny-stereo", seed=0)
 
 
 @pytest.fixture(scope="session")
 def stereo_bundle(tmp_path_factory, stereo_models):
-    from export.bundle_build import build_bundle
+    from img2music.export.bundle_build import build_bundle
 
     root = tmp_path_factory.mktemp("bundles") / "tiny-stereo"
     lines = []

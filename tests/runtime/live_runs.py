@@ -22,3 +22,15 @@ def last_metrics(path) -> dict:
         except ValueError:
             continue  # a line being written
     return {}
+
+
+def run_session(bundle, source, engine, threads: int = 2, stale_after: float = 3.0, on_engine=None, **output) -> str:
+    """One live run of ``bundle`` from ``source`` (any FrameSource) with ``engine`` (an EngineConfig),
+    as a program embedding img2music would start it; ``output``: OutputConfig's fields (headless
+    unless ``no_audio=False``). Returns the run's summary."""
+    from img2music.runtime import BackendConfig, LiveSession, LiveSessionConfig, OutputConfig, SourceConfig
+
+    output.setdefault("no_audio", True)
+    config = LiveSessionConfig(BackendConfig(str(bundle), threads=threads),
+                               SourceConfig(custom=source, stale_after=stale_after), engine, OutputConfig(**output))
+    return LiveSession(config, on_engine=on_engine).run()

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from basics.errors import Img2MusicError
-from runtime.bundle import load_bundle
-from runtime.onnx_pipeline import OnnxPipeline
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.bundle.loading import load_bundle
+from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,7 +93,7 @@ def test_intact_bundle_loads(tiny_bundle):
 
 def test_manifest_round_trips_through_its_types(tiny_bundle):
     """The exporter writes through the same classes the runtime parses: nothing lost either way."""
-    from runtime.bundle_manifest import BundleManifest
+    from img2music.runtime.bundle.manifest import BundleManifest
 
     data = json.loads((tiny_bundle / "manifest.json").read_text())
     manifest = BundleManifest.from_dict(data)
@@ -123,8 +123,8 @@ def test_a_malformed_manifest_names_the_field(tiny_bundle, tmp_path, edit, messa
 def test_schema_1_bundles_still_run(tiny_bundle, tmp_path, photos):
     """Bundles from before the full-sequence EnCodec graph was dropped: it is listed and hashed,
     not run; everything else is the same."""
-    from runtime.bundle import sha256_file
-    from runtime.sampling import SamplingConfig
+    from img2music.runtime.bundle.loading import sha256_file
+    from img2music.runtime.generation.sampling import SamplingConfig
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -146,7 +146,7 @@ def test_schema_1_bundles_still_run(tiny_bundle, tmp_path, photos):
 def test_an_unreadable_bundle_file_is_one_clear_error(tiny_bundle, monkeypatch):
     """A file the service user cannot read: permission denied, named (not a raw
     PermissionError; monkeypatched since root, which runs CI, reads everything)."""
-    import runtime.bundle as bundle_module
+    import img2music.runtime.bundle.loading as bundle_module
 
     real = bundle_module.os.access
     monkeypatch.setattr(bundle_module.os, "access",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from basics.errors import Img2MusicError
-from export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
-from runtime.encodec_stream import LOOKAHEAD_FRAMES, EncodecStreamDecoder, snr_db
+from img2music.basics.errors import Img2MusicError
+from img2music.export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
+from img2music.runtime.pipeline.encodec_stream import LOOKAHEAD_FRAMES, EncodecStreamDecoder, snr_db
 
 HOP = 640
 SEAM = 640  # +-20 ms around every seam
@@ -98,7 +98,7 @@ def test_misuse_is_refused(tiny_onnx):
 
 @pytest.fixture(scope="module")
 def small_random_codec():
-    from basics.models import build_preset
+    from img2music.basics.models import build_preset
 
     return build_preset("small-random").musicgen.audio_encoder
 

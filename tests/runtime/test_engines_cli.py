@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from runtime.sampling import SamplingConfig
+from img2music.runtime.generation.sampling import SamplingConfig
 from tests.conftest import max_abs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_engines_wav_equals_reference(tiny_bundle, tiny_pipeline, photo_files, p
 
 def test_engines_path_never_imports_torch(tiny_bundle, photo_files, tmp_path):
     code = (
-        "import sys; from runtime.generate import main; "
+        "import sys; from img2music.runtime.cli.generate import main; "
         f"main(['--engines', {str(tiny_bundle)!r}, '--image', {photo_files['coffee']!r}, '--seconds', '0.2', "
         f"'--out', {str(tmp_path)!r}, '--no-progress']); "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
@@ -69,9 +69,9 @@ def test_build_engines_cli(tmp_path):
 def test_engines_any_length_through_windows(tiny_bundle, photo_files, tmp_path):
     """Longer than one window (2 s windows here, as 30 s ones are on real models): the exact
     length, written as it was made, the same music as the Python API's stream."""
-    from runtime.generation import Windowing
-    from runtime.onnx_pipeline import OnnxPipeline
-    from runtime.preprocess import load_image
+    from img2music.runtime.generation.core import Windowing
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
+    from img2music.runtime.pipeline.preprocess import load_image
 
     proc = run("runtime/generate.py", "--engines", tiny_bundle, "--image", photo_files["coffee"], "--seconds", "7",
                "--window-seconds", "2", "--keep-seconds", "0.5", "--seed", "4", "--out", tmp_path)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from basics.errors import Img2MusicError
-from runtime.generation import Windowing
-from runtime.sampling import SamplingConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.generation.core import Windowing
+from img2music.runtime.generation.sampling import SamplingConfig
 
 
 @pytest.fixture()

@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import pytest
 
-from basics.errors import Img2MusicError
-from runtime.bundle import load_bundle
-from runtime.onnx_pipeline import OnnxPipeline
-from runtime.sampling import SamplingConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.bundle.loading import load_bundle
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def test_fp16_bundle_is_float16_where_the_gpu_needs_it(tiny_fp16_bundle):
 
 
 def test_fp16_accuracy_report_gates_the_build(tiny_fp16_bundle):
-    from calibration.accuracy import THRESHOLDS
+    from img2music.calibration.accuracy import THRESHOLDS
 
     report = json.loads((tiny_fp16_bundle / "accuracy_report.json").read_text())
     tf, t = report["teacher_forced"], THRESHOLDS["fp16"]
@@ -103,9 +103,9 @@ def test_tensorrt_engines_must_fit_this_machine(tiny_fp16_bundle, tmp_path, monk
     (nothing here runs TensorRT): no engines, another TensorRT, another GPU."""
     import onnxruntime
 
-    import runtime.gpu_facts as gpu_facts
-    from runtime.backends import check_provider
-    from runtime.gpu_facts import TensorRTFacts
+    import img2music.runtime.backends.gpu_facts as gpu_facts
+    from img2music.runtime.backends.gpu_facts import TensorRTFacts
+    from img2music.runtime.backends.providers import check_provider
 
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -129,7 +129,7 @@ def test_tensorrt_engines_must_fit_this_machine(tiny_fp16_bundle, tmp_path, monk
 
 
 def test_tensorrt_version_and_driver_facts():
-    from runtime.gpu_facts import gpu, version_from_int
+    from img2music.runtime.backends.gpu_facts import gpu, version_from_int
 
     assert version_from_int(100300) == "10.3.0" and version_from_int(110402) == "11.4.2"
     try:
@@ -142,7 +142,7 @@ def test_tensorrt_version_and_driver_facts():
 
 
 def test_tensorrt_profiles_come_from_the_manifest(tiny_fp16_bundle):
-    from runtime.backends import TENSORRT_GRAPHS, SessionOptions, tensorrt_options, tensorrt_profile
+    from img2music.runtime.backends.providers import TENSORRT_GRAPHS, SessionOptions, tensorrt_options, tensorrt_profile
 
     bundle = load_bundle(tiny_fp16_bundle)
     n = bundle.model.conditioning.num_tokens
@@ -177,8 +177,8 @@ def test_cli_refusals(tiny_bundle, photo_files, tmp_path):
 @pytest.mark.parametrize("bundle", ["tiny_bundle", "tiny_fp16_bundle"])
 def test_tensorrt_rtx_builds_every_tensorrt_graph(bundle, request):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (Linux x86_64 dev extra)")
-    from export.tensorrt_check import check_bundle
-    from runtime.backends import TENSORRT_GRAPHS
+    from img2music.export.tensorrt_check import check_bundle
+    from img2music.runtime.backends.providers import TENSORRT_GRAPHS
 
     results = check_bundle(request.getfixturevalue(bundle), "8.6")
     assert [r.graph for r in results] == list(TENSORRT_GRAPHS)
@@ -189,7 +189,7 @@ def test_tensorrt_rtx_builds_every_tensorrt_graph(bundle, request):
 def test_tensorrt_rtx_check_fails_on_what_tensorrt_cannot_build(tiny_bundle, tmp_path):
     """The check has teeth: ONNX Runtime's own attention op in a TensorRT graph fails it."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (Linux x86_64 dev extra)")
-    from export.tensorrt_check import check_bundle
+    from img2music.export.tensorrt_check import check_bundle
 
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle, bundle)

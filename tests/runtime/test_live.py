@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from basics.errors import run_cli
-from runtime.live import main as live_main
-from runtime.live import run_live
-from runtime.live_engine import LiveConfig
-from runtime.live_sources import SyntheticSource
-from runtime.sampling import SamplingConfig
-from runtime.scene import SceneConfig
-from tests.runtime.live_runs import played_seconds
+from img2music.basics.errors import run_cli
+from img2music.runtime import EngineConfig
+from img2music.runtime.cli.live import main as live_main
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.loop.scene import SceneConfig
+from img2music.runtime.loop.sources import SyntheticSource
+from tests.runtime.live_runs import played_seconds, run_session
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tiny CLIP at 32 px puts two synthetic scenes 0.05-0.4 apart and sensor noise at ~0.
@@ -98,10 +97,15 @@ class _Connection:
         pass
 
 
+def _run(*args, **kw) -> str:
+    """A headless live run whose source is reopened after 0.5 s without a good frame."""
+    return run_session(*args, stale_after=0.5, **kw)
+
+
 def _config(duration, **kw):
     # a 3 s buffer outlasts the stalls of a shared host; the ladder's own tests ask for 1 s
     kw.setdefault("buffer_seconds", 3.0)
-    return LiveConfig(duration=duration, stale_after=0.5, embed_interval=0.25,
+    return EngineConfig(duration=duration, embed_interval=0.25,
                       scene=SceneConfig(threshold=0.02, min_dwell=1.0), sampling=SamplingConfig(seed=1), **kw)
 
 
@@ -117,8 +121,8 @@ def test_failing_source_keeps_the_music_going(tiny_bundle, tmp_path, photos, cap
     good = np.asarray(photos["astronaut"])[:, :, ::-1].copy()  # BGR, as OpenCV delivers
     source = FlakySource(good)
     wav = tmp_path / "flaky.wav"
-    caplog.set_level("WARNING", logger="runtime.live_sources")
-    summary = run_live(str(tiny_bundle), source, _config(8.0), record=str(wav), threads=2)
+    caplog.set_level("WARNING", logger="img2music.runtime.loop.sources")
+    summary = _run(tiny_bundle, source, _config(8.0), record=str(wav), threads=2)
     assert "0 underflows" in summary
     reconnects = [r.message for r in caplog.records if "reconnecting" in r.message]
     assert any("bad reads in a row" in m for m in reconnects)  # raise / None / garbage
@@ -158,8 +162,8 @@ def test_slowed_generator_plays_on_and_recovers(tiny_bundle, tmp_path):
     recent music, never silence, then recovery; the WAV holds every sample played."""
     engines = {}
     wav, metrics = tmp_path / "slow.wav", tmp_path / "m.jsonl"
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _ladder_config(8.0), record=str(wav),
-                       metrics=str(metrics), threads=2, engine_hook=_slowed(engines, 3.0, 4.5))
+    summary = _run(tiny_bundle, SyntheticSource(seed=2), _ladder_config(8.0), record=str(wav),
+                       metrics=str(metrics), threads=2, on_engine=_slowed(engines, 3.0, 4.5))
     playout = engines["e"].playout
     c = playout.counts
     # the start-up budget saw tiny's light cost (before the slow-down): ORT's threads stopped spinning
@@ -180,9 +184,9 @@ def test_a_stalled_generator_fades_to_silence_then_recovers(tiny_bundle, tmp_pat
     silence the ladder allows), then the music fades back in."""
     engines = {}
     wav, metrics = tmp_path / "stall.wav", tmp_path / "m.jsonl"
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=2), _ladder_config(6.0, stall_seconds=1.0),
+    summary = _run(tiny_bundle, SyntheticSource(seed=2), _ladder_config(6.0, stall_seconds=1.0),
                        record=str(wav), metrics=str(metrics), threads=2,
-                       engine_hook=_slowed(engines, 2.0, 3.0, block=3.0))
+                       on_engine=_slowed(engines, 2.0, 3.0, block=3.0))
     c = engines["e"].playout.counts
     assert c.silences == 1 and c.silence_seconds > 0.5, summary
     assert c.recoveries >= 1 and engines["e"].playout.ring.underflows == 0
@@ -298,10 +302,10 @@ def test_sound_card_sink(tiny_bundle, tmp_path, portaudio_output):
     reason = portaudio_output
     if reason is not None:
         pytest.skip(f"no PortAudio output device here ({reason}); install libportaudio2 + pulseaudio to run it")
-    from runtime.audio_sink import device_rate
+    from img2music.runtime.audio.sinks import device_rate
 
     wav = tmp_path / "card.wav"
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=3), _config(3.0), no_audio=False, record=str(wav),
+    summary = _run(tiny_bundle, SyntheticSource(seed=3), _config(3.0), no_audio=False, record=str(wav),
                        threads=2)
     # run_live returns only after the device callback drained every sample
     assert "0 underflows" in summary

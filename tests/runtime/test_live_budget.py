@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from runtime.generation import Windowing
-from runtime.live_budget import HEADROOM, ContextBudget, Costs, choose_window, keep_for, projected_rtf
-from runtime.live_engine import MAX_LOOK_DELAY, next_action
-from runtime.sampling import SamplingConfig
+from img2music.runtime.generation.core import Windowing
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.loop.budget import HEADROOM, ContextBudget, Costs, choose_window, keep_for, projected_rtf
+from img2music.runtime.loop.engine import MAX_LOOK_DELAY, next_action
 from tests.runtime.fake_clock import FakeClock
 
-# small-random int4 on two calm cores: 9.5 ms at 16 positions, 20 ms at 1500 (README)
+# small-random int4 on two calm cores: 9.5 ms at 16 positions, 20 ms at 1500 (docs/benchmarks.md)
 INT4 = Costs(step_base_ms=9.4, step_per_position_ms=(20.0 - 9.5) / 1484, prefill_per_frame_ms=5.4,
              encodec_per_second_ms=80.0)
 

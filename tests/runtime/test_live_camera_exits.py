@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from benchmarks.fault_servers import MJPEGServer
+from img2music.benchmarks.fault_servers import MJPEGServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.live import run_live
-from runtime.live_engine import LiveConfig
-from runtime.live_sources import SyntheticSource
-from runtime.sampling import SamplingConfig
-from runtime.scene import SceneConfig
+from img2music.runtime import EngineConfig
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.loop.scene import SceneConfig
+from img2music.runtime.loop.sources import SyntheticSource
+from tests.runtime.live_runs import run_session
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def _config(duration, **kw):
     # a 3 s buffer outlasts the stalls of a shared host (a repeat would break the exact sample
     # counts below); the watchdog test, which wants the ladder, asks for 1 s
     kw.setdefault("buffer_seconds", 3.0)
-    return LiveConfig(duration=duration, scene=SceneConfig(threshold=0.02, min_dwell=1.0),
+    return EngineConfig(duration=duration, scene=SceneConfig(threshold=0.02, min_dwell=1.0),
                       sampling=SamplingConfig(seed=1), **kw)
 
 
@@ -62,8 +62,8 @@ def test_full_disk_pauses_the_recording_not_the_music(tiny_bundle, tmp_path, cap
         recording.current.file = FullDisk(recording.current.file, room=2 * 32000)  # room for 2 s
 
     caplog.set_level("WARNING")
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(8.0), record=str(wav), threads=2,
-                       engine_hook=hook)
+    summary = run_session(tiny_bundle, SyntheticSource(seed=1), _config(8.0), record=str(wav), threads=2,
+                       on_engine=hook)
     engine = held["e"]
     recording = engine.playout.recorder
     assert engine.music_samples == 8 * 32000  # the music went on to --duration
@@ -83,7 +83,7 @@ def test_full_disk_pauses_the_recording_not_the_music(tiny_bundle, tmp_path, cap
 
 
 def test_recording_never_overwrites_and_rotates_by_size(tmp_path, caplog):
-    from runtime.live_recording import LiveRecording
+    from img2music.runtime.audio.recording import LiveRecording
 
     (tmp_path / "room.wav").write_bytes(b"an earlier run's recording")
     caplog.set_level("WARNING")
@@ -105,8 +105,8 @@ def test_full_disk_under_the_metrics_keeps_the_music(tiny_bundle, tmp_path, capl
     """--metrics on a full disk (/dev/full answers every write with ENOSPC)."""
     caplog.set_level("ERROR")
     held = {}
-    summary = run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(3.0), metrics="/dev/full", threads=2,
-                       engine_hook=lambda e: held.update(e=e))
+    summary = run_session(tiny_bundle, SyntheticSource(seed=1), _config(3.0), metrics="/dev/full", threads=2,
+                       on_engine=lambda e: held.update(e=e))
     assert held["e"].music_samples == 3 * 32000 and "0 underflows" in summary
     assert [r.message for r in caplog.records if "metrics stopped" in r.message][:1], caplog.text
 
@@ -140,7 +140,7 @@ def test_metrics_rotate_by_size_and_name_the_build(tiny_bundle, tmp_path):
     """Weeks unattended must not fill the disk: FILE rotates to FILE.1 .. FILE.3 at the
     size limit; every line names the version, the bundle and its precision."""
     metrics = tmp_path / "m.jsonl"
-    run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(6.0), metrics=str(metrics), threads=2,
+    run_session(tiny_bundle, SyntheticSource(seed=1), _config(6.0), metrics=str(metrics), threads=2,
              metrics_max_mb=1500 / 2**20)  # ~2 lines per file
     files = sorted(tmp_path.glob("m.jsonl*"))
     assert [f.name for f in files] == ["m.jsonl", "m.jsonl.1", "m.jsonl.2", "m.jsonl.3"]
@@ -169,8 +169,8 @@ def test_camera_absent_at_start_plays_from_the_fallback(tiny_bundle, tmp_path):
     --duration ends the run; the metrics say why (not 'healthy, 0 reconnects')."""
     metrics = tmp_path / "m.jsonl"
     held = {}
-    summary = run_live(str(tiny_bundle), LateCamera(), _config(3.0, first_frame_wait=0.5), metrics=str(metrics),
-                       threads=2, engine_hook=lambda e: held.update(e=e))
+    summary = run_session(tiny_bundle, LateCamera(), _config(3.0, first_frame_wait=0.5), metrics=str(metrics),
+                       threads=2, on_engine=lambda e: held.update(e=e))
     assert held["e"].music_samples == 3 * 32000 and "0 underflows" in summary
     last = [json.loads(line) for line in metrics.read_text().splitlines()][-1]
     assert last["fallback_used"] and last["open_failures"] >= 1
@@ -180,8 +180,8 @@ def test_camera_absent_at_start_plays_from_the_fallback(tiny_bundle, tmp_path):
 def test_a_camera_that_appears_later_takes_over(tiny_bundle, tmp_path):
     metrics = tmp_path / "m.jsonl"
     held = {}
-    run_live(str(tiny_bundle), LateCamera(ready_after=2.0), _config(8.0, first_frame_wait=0.5),
-             metrics=str(metrics), threads=2, engine_hook=lambda e: held.update(e=e))
+    run_session(tiny_bundle, LateCamera(ready_after=2.0), _config(8.0, first_frame_wait=0.5),
+             metrics=str(metrics), threads=2, on_engine=lambda e: held.update(e=e))
     engine = held["e"]
     assert engine.fallback_used and engine.tracker.changes >= 1  # the camera's picture is a scene change
     states = [json.loads(line)["source_state"] for line in metrics.read_text().splitlines()]
@@ -232,8 +232,8 @@ def test_systemd_notify_ready_watchdog_and_its_stop_on_a_stall(tiny_bundle, tmp_
         held["e"].stop_event.set()
 
     threading.Thread(target=stop_later, daemon=True).start()
-    run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(None, stall_seconds=2.0, buffer_seconds=1.0),
-             threads=2, engine_hook=stall_after_four_seconds)
+    run_session(tiny_bundle, SyntheticSource(seed=1), _config(None, stall_seconds=2.0, buffer_seconds=1.0),
+             threads=2, on_engine=stall_after_four_seconds)
     done.set()
     listener.join()
     server.setblocking(False)
@@ -261,14 +261,14 @@ def test_a_dead_playout_thread_ends_the_process_non_zero(tiny_bundle, tmp_path):
     --duration claiming health, but exit 1 at once with the thread's own error."""
     script = (
         "import sys\n"
-        "import runtime.playout as p\n"
+        "import img2music.runtime.audio.playout as p\n"
         "real = p.Playout.feed\n"
         "def feed(self):\n"
         "    if self.fresh_out > 2 * 32000:\n"
         "        raise RuntimeError('injected fault')\n"
         "    real(self)\n"
         "p.Playout.feed = feed\n"
-        "from runtime.live import cli\n"
+        "from img2music.runtime.cli.live import cli\n"
         "cli()\n"
     )
     start = time.monotonic()
@@ -280,13 +280,13 @@ def test_a_dead_playout_thread_ends_the_process_non_zero(tiny_bundle, tmp_path):
 
 
 def test_a_hung_playout_thread_ends_the_run(tiny_bundle):
-    from runtime.thread_watch import LiveThreadFailed
+    from img2music.runtime.loop.thread_watch import LiveThreadFailed
 
     def hang(engine):
         real = engine.playout.feed
 
         def feed():
-            if engine.playout.fresh_out > 32000 and threading.current_thread() is engine.playout.thread:
+            if engine.playout.fresh_out > 32000 and threading.current_thread() is engine.playout.background.thread:
                 time.sleep(60)  # a hang in the playout thread: alive, no progress
             real()
 
@@ -294,8 +294,8 @@ def test_a_hung_playout_thread_ends_the_run(tiny_bundle):
 
     with pytest.raises(LiveThreadFailed, match="playout thread made no progress"):
         # 3 s, not the 10 s default: the status thread ticks every second, the others faster
-        run_live(str(tiny_bundle), SyntheticSource(seed=1), _config(40.0, thread_stuck_seconds=3.0), threads=2,
-                 engine_hook=hang)
+        run_session(tiny_bundle, SyntheticSource(seed=1), _config(40.0, thread_stuck_seconds=3.0), threads=2,
+                 on_engine=hang)
 
 
 class FakeSoundServer:
@@ -345,8 +345,8 @@ class FakeSoundServer:
 
 
 def test_sound_server_outage_is_counted_and_recovered(monkeypatch):
-    import runtime.audio_sink as audio_sink
-    from runtime.audio_sink import RingBuffer, SoundDeviceSink
+    import img2music.runtime.audio.sinks as audio_sink
+    from img2music.runtime.audio.sinks import RingBuffer, SoundDeviceSink
 
     server = FakeSoundServer(8000)
     monkeypatch.setattr(audio_sink, "_sounddevice", lambda: server)

@@ -17,7 +17,7 @@ import pytest
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from runtime.live_http import HEALTHY_WITHIN, LiveHttpServer, parse_address  # noqa: E402
+from img2music.runtime.control.http_server import HEALTHY_WITHIN, LiveHttpServer, parse_address  # noqa: E402
 from tests.runtime.live_runs import played_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,7 +127,8 @@ def test_a_taken_port_is_one_clear_error(tiny_bundle):
 
 
 # -- control ---------------------------------------------------------------------------
-from runtime.live_control import ControlError, LiveControl, validate  # noqa: E402
+from img2music.runtime.control.dispatcher import LiveControl  # noqa: E402
+from img2music.runtime.control.requests import ControlError, validate  # noqa: E402
 
 
 @pytest.mark.parametrize("body, message", [
@@ -162,7 +163,7 @@ def _fake_engine():
 
     applied = []
     engine = fake_engine()
-    engine.set_sampling = lambda s: (applied.append(s), setattr(engine.config, "sampling", s))
+    engine.set_sampling = lambda s: (applied.append(s), setattr(engine, "sampling", s))
     return engine, applied
 
 
@@ -179,7 +180,7 @@ def test_control_tokens_sizes_and_refusals():
         code, answer = _post(url, {"guidance_scale": 4.0, "top_k": 50}, token="s3cret-token-0123456789")
         assert code == 202 and answer == {"accepted": {"guidance_scale": 4.0, "top_k": 50}}
         control.apply_pending()  # what the compute thread does between actions
-        assert engine.config.sampling.guidance_scale == 4.0 and engine.config.sampling.top_k == 50
+        assert engine.sampling.guidance_scale == 4.0 and engine.sampling.top_k == 50
         token = "s3cret-token-0123456789"
         assert _post(url, None, token=token, raw=b"{not json")[0] == 400
         assert _post(url, None, token=token, raw=b"x" * 5000)[0] == 413
@@ -267,7 +268,7 @@ def test_control_reaches_the_music_under_load(tiny_bundle, tmp_path):
 def test_osc_messages_reach_the_control():
     from pythonosc.udp_client import SimpleUDPClient
 
-    from runtime.live_osc import LiveOscServer
+    from img2music.runtime.control.osc_server import LiveOscServer
 
     engine, applied = _fake_engine()
     control = LiveControl(engine)
@@ -286,7 +287,7 @@ def test_osc_messages_reach_the_control():
     finally:
         server.close()
     assert server.received == 5 and server.refused == 3
-    assert engine.config.sampling.guidance_scale == 5.5 and engine.config.sampling.top_k == 100
+    assert engine.sampling.guidance_scale == 5.5 and engine.sampling.top_k == 100
     assert control.settings()["changes"] == {"guidance_scale": 1, "top_k": 1}
 
 
@@ -329,7 +330,7 @@ def test_page_events_and_frame_without_a_browser():
 def test_websocket_status_and_control():
     from websockets.sync.client import connect
 
-    from runtime.live_ws import LiveWebSocketServer
+    from img2music.runtime.control.ws_server import LiveWebSocketServer
 
     engine, applied = _fake_engine()
     control = LiveControl(engine)
@@ -355,6 +356,6 @@ def test_websocket_status_and_control():
                 pass
             assert answer["status"] == 401
         control.apply_pending()
-        assert engine.config.sampling.guidance_scale == 4.5 and control.settings()["changes"] == {"guidance_scale": 1}
+        assert engine.sampling.guidance_scale == 4.5 and control.settings()["changes"] == {"guidance_scale": 1}
     finally:
         server.close()

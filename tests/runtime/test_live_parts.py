@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from runtime.audio_sink import Resampler, RingBuffer
-from runtime.live_engine import blend
-from runtime.live_sources import MAX_SIDE, sanitize_frame
-from runtime.playout import Playout
-from runtime.scene import SceneConfig, SceneTracker
+from img2music.runtime.audio.playout import Playout
+from img2music.runtime.audio.resampler import Resampler
+from img2music.runtime.audio.sinks import RingBuffer
+from img2music.runtime.loop.engine import blend
+from img2music.runtime.loop.scene import SceneConfig, SceneTracker
+from img2music.runtime.loop.sources import MAX_SIDE, sanitize_frame
 from tests.runtime.fake_clock import FakeClock
 
 
@@ -189,15 +190,16 @@ def test_blend_interpolates_conditioning():
 @pytest.mark.parametrize("bad", [dict(), dict(camera="0", synthetic=True), dict(video="/nope.mp4"),
                                  dict(images="/nope"), dict(camera="/dev/video99")])
 def test_make_source_refuses_bad_choices(bad):
-    from basics.errors import Img2MusicError
-    from runtime.live_sources import make_source
+    from img2music.basics.errors import Img2MusicError
+    from img2music.runtime.loop.config import SourceConfig
+    from img2music.runtime.loop.sources import make_source
 
     with pytest.raises(Img2MusicError):
-        make_source(**bad)
+        make_source(SourceConfig(**bad))
 
 
 def test_frame_gate_skips_still_frames_only(photos):
-    from runtime.scene import FrameGate
+    from img2music.runtime.loop.scene import FrameGate
 
     rng = np.random.default_rng(0)
     room = np.asarray(photos["coffee"].convert("RGB")).astype(np.float32)
@@ -222,7 +224,7 @@ def test_status_line_fits_an_80_column_terminal_and_log_lines_clear_it(monkeypat
     import logging
     import os
 
-    import runtime.live_status as live_status
+    import img2music.runtime.control.status as live_status
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -252,3 +254,36 @@ def test_status_line_fits_an_80_column_terminal_and_log_lines_clear_it(monkeypat
     assert status and all(len(r) <= 79 for r in status)
     assert "\r\033[Ka warning while the status line is drawn" in term.getvalue()
     assert term.getvalue().endswith("\nafter\n")  # the formatter is given back at close
+
+
+def test_session_configs_check_themselves_once_and_are_frozen(tmp_path):
+    """Each part of a LiveSessionConfig refuses a bad value with one clear error when built, and
+    nothing can be patched in afterwards."""
+    import dataclasses
+
+    from img2music.basics.errors import Img2MusicError
+    from img2music.runtime import (
+        BackendConfig,
+        EngineConfig,
+        LiveSessionConfig,
+        OutputConfig,
+        ServerConfig,
+        SourceConfig,
+    )
+
+    bad = [(lambda: SourceConfig(), "exactly one source"),
+           (lambda: SourceConfig(synthetic=True, interval=0), "--interval"),
+           (lambda: EngineConfig(chunk_frames=0), "--chunk-frames"),
+           (lambda: EngineConfig(transition_mode="morph"), "transition_mode"),
+           (lambda: EngineConfig(prompt_weight=11.0), "prompt weight"),
+           (lambda: OutputConfig(record=str(tmp_path / "no" / "x.wav")), "directory does not exist"),
+           (lambda: ServerConfig(token_file=str(tmp_path / "t")), "needs --http or --ws"),
+           (lambda: BackendConfig(str(tmp_path / "none")), "engine bundle not found"),
+           (lambda: BackendConfig(str(tmp_path), provider="rocm"), "unknown provider"),
+           (lambda: LiveSessionConfig(BackendConfig(str(tmp_path)), EngineConfig()), "must be a SourceConfig")]
+    for make, message in bad:
+        with pytest.raises(Img2MusicError, match=message):
+            make()
+    config = LiveSessionConfig(BackendConfig(str(tmp_path)), SourceConfig(synthetic=True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.engine.sampling = None

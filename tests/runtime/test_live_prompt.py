@@ -1,5 +1,5 @@
 """Text prompts in a live run: --prompt at start, changed over HTTP and OSC while playing
-(runtime.live_prompt), each change a transition like a scene change."""
+(runtime.loop.prompt), each change a transition like a scene change."""
 
 import json
 import subprocess
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from basics.errors import Img2MusicError
-from runtime.conditioning import Conditioning, with_prompt
-from runtime.live_prompt import LivePrompt
-from runtime.scene import blend
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.generation.conditioning import Conditioning, with_prompt
+from img2music.runtime.loop.prompt import LivePrompt
+from img2music.runtime.loop.scene import blend
 from tests.runtime.live_runs import last_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_prompt_joins_every_scene_and_a_change_recomposes_the_current_one(tiny_onnx, photos):
     cond, mask, directives = tiny_onnx.project(tiny_onnx.embed_images(
-        __import__("runtime.preprocess", fromlist=["x"]).preprocess_images([photos["coffee"]], tiny_onnx.image_config)))
+        __import__("img2music.runtime.pipeline.preprocess", fromlist=["x"]).preprocess_images([photos["coffee"]], tiny_onnx.image_config)))
     prompt = LivePrompt("slow jazz piano", 1.5)
     scene = prompt.scene(tiny_onnx, cond, mask, directives[0], 1.0)
     expected = with_prompt(Conditioning(cond, mask), *tiny_onnx.encode_text("slow jazz piano"), "slow jazz piano", 1.5)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from benchmarks.fault_servers import PulseServer, pulse_available
+from img2music.benchmarks.fault_servers import PulseServer, pulse_available
 from tests.runtime.live_runs import last_metrics, played_seconds
 
 ROOT = Path(__file__).resolve().parents[2]

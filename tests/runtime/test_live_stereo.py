@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from runtime.audio_sink import ClockSink, Resampler, RingBuffer, SoundDeviceSink
-from runtime.live_recording import LiveRecording
-from runtime.live_transport import Transport
-from runtime.playout import Playout
+from img2music.runtime.audio.playout import Playout
+from img2music.runtime.audio.recording import LiveRecording
+from img2music.runtime.audio.resampler import Resampler
+from img2music.runtime.audio.sinks import ClockSink, RingBuffer, SoundDeviceSink
+from img2music.runtime.loop.transport import Transport
 from tests.runtime.fake_clock import FakeClock
 from tests.runtime.live_runs import last_metrics, played_seconds
 
@@ -148,7 +149,7 @@ def test_the_stereo_resampler_streams_each_channel_as_mono():
 
 
 def test_sinks_take_both_channels_and_fit_the_device(monkeypatch):
-    import runtime.audio_sink as audio_sink
+    import img2music.runtime.audio.sinks as audio_sink
 
     monkeypatch.setattr(audio_sink, "_sounddevice", lambda: SimpleNamespace())  # no PortAudio needed
     frames = _two_tones(256, 1000)
@@ -262,7 +263,7 @@ def test_stereo_live_from_a_still_image_with_pause_and_reload(stereo_bundle, tin
 
 def test_stereo_reaches_the_sound_card_as_two_channels(stereo_bundle, photos, tmp_path):
     cv2 = pytest.importorskip("cv2")
-    from benchmarks.fault_servers import PulseServer, pulse_available
+    from img2music.benchmarks.fault_servers import PulseServer, pulse_available
 
     why = pulse_available()
     if why:

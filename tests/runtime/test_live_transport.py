@@ -11,10 +11,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from runtime.live_control import ControlError, LiveControl, validate
-from runtime.live_prompt import LivePrompt
-from runtime.live_reload import BundleReloader, incompatibility
-from runtime.live_transport import RAMP_SECONDS, Transport
+from img2music.runtime.control.dispatcher import LiveControl
+from img2music.runtime.control.reload import BundleReloader, incompatibility
+from img2music.runtime.control.requests import ControlError, validate
+from img2music.runtime.loop.prompt import LivePrompt
+from img2music.runtime.loop.transport import RAMP_SECONDS, Transport
 
 RATE = 32000
 
@@ -95,14 +96,15 @@ def test_bad_new_fields_are_named(body, message):
 
 def fake_engine(model=None, root="/bundles/a"):
     """What LiveControl and BundleReloader read of an engine."""
-    from runtime.sampling import SamplingConfig
+    from img2music.runtime.generation.sampling import SamplingConfig
 
-    engine = SimpleNamespace(config=SimpleNamespace(sampling=SamplingConfig()), transport=Transport(RATE),
+    engine = SimpleNamespace(config=SimpleNamespace(sampling=SamplingConfig()), sampling=SamplingConfig(),
+                             transport=Transport(RATE),
                              source=SimpleNamespace(latest=lambda: (None, None, 0.0)), budget=None,
                              window=SimpleNamespace(window_frames=250), swapped=[], prompt=LivePrompt(),
                              pipeline=SimpleNamespace(bundle=SimpleNamespace(root=root, model=model or SimpleNamespace(
                                  decoder=SimpleNamespace(vocab_size=2048)))))
-    engine.set_sampling = lambda s: setattr(engine.config, "sampling", s)
+    engine.set_sampling = lambda s: setattr(engine, "sampling", s)
     engine.swap_pipeline = engine.swapped.append
     return engine
 
@@ -151,7 +153,7 @@ def _copy(bundle, to, edit=None):
 
 
 def test_a_bundle_for_other_audio_is_refused_at_once(tiny_bundle, tmp_path):
-    from runtime.bundle import load_bundle
+    from img2music.runtime.bundle.loading import load_bundle
 
     model = load_bundle(tiny_bundle, verify_hashes=False).model
     engine = fake_engine(model)
@@ -179,7 +181,7 @@ def test_a_bundle_for_other_audio_is_refused_at_once(tiny_bundle, tmp_path):
 
 
 def test_one_reload_at_a_time_and_a_failure_keeps_the_old_bundle(tiny_bundle, tmp_path):
-    from runtime.bundle import load_bundle
+    from img2music.runtime.bundle.loading import load_bundle
 
     engine = fake_engine(load_bundle(tiny_bundle, verify_hashes=False).model)
     release, loaded = threading.Event(), SimpleNamespace(bundle=SimpleNamespace(root="new"))
@@ -224,8 +226,8 @@ def _until(condition, timeout: float = 10.0) -> None:
 def test_osc_pause_resume_fade_and_bundle(tiny_bundle, tmp_path):
     from pythonosc.udp_client import SimpleUDPClient
 
-    from runtime.bundle import load_bundle
-    from runtime.live_osc import LiveOscServer
+    from img2music.runtime.bundle.loading import load_bundle
+    from img2music.runtime.control.osc_server import LiveOscServer
 
     engine = fake_engine(load_bundle(tiny_bundle, verify_hashes=False).model)
     control = LiveControl(engine)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from basics.errors import Img2MusicError
-from runtime.encodec_stream import snr_db
-from runtime.generation import Windowing
-from runtime.sampling import SamplingConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.generation.core import Windowing
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.pipeline.encodec_stream import snr_db
 
 
 def full_decode(tiny_models, codes):
@@ -90,3 +90,16 @@ def test_guidance_cannot_be_switched_on_mid_piece(tiny_onnx, photos):
     stream.sampling = SamplingConfig(guidance_scale=3.0)
     with pytest.raises(Img2MusicError, match="guidance was off"):
         stream.next_chunk()
+
+
+def test_chunks_carry_their_rate_and_channels_and_images_may_be_paths(tiny_onnx, photo_files):
+    """What a program playing the chunks needs (as Piper's AudioChunk carries it); the public API
+    takes image files by path as well as Pillow images and arrays."""
+    import img2music
+
+    assert img2music.OnnxPipeline is type(tiny_onnx)
+    chunks = list(tiny_onnx.stream([photo_files["coffee"]], seconds=1.0, sampling=SamplingConfig(seed=1)))
+    assert {(c.sample_rate, c.channels) for c in chunks} == {(32000, 1)}
+    assert all(c.audio.ndim == 2 for c in chunks)
+    with pytest.raises(Img2MusicError, match="image not found"):
+        tiny_onnx.stream(["/nope/photo.jpg"], seconds=1.0)

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.logits_sampling import TokenSampler, apply_guidance
-from runtime.sampling import SamplingConfig
+from img2music.runtime.generation.sampling import SamplingConfig, TokenSampler, apply_guidance
 from tests.conftest import max_abs
 
 
@@ -115,7 +114,7 @@ def test_prefill_equals_stepping(tiny_onnx, tiny_pipeline):
 
 def test_prefill_with_int8_cache(tiny_quantized_bundle, tiny_pipeline):
     """Same with the int8 cache: quantized rows may differ by one step, logits stay close."""
-    from runtime.onnx_pipeline import OnnxPipeline
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     check_prefill_equals_stepping(OnnxPipeline.load(tiny_quantized_bundle), tiny_pipeline.projector.bank,
                                   tol=2e-2, cache_tol=1)

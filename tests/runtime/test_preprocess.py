@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from basics.clip_image_config import ClipImageConfig
-from basics.errors import Img2MusicError
-from runtime.preprocess import load_image, preprocess_image, preprocess_images
+from img2music.basics.clip_image_config import ClipImageConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.pipeline.preprocess import load_image, preprocess_image, preprocess_images
 from tests.conftest import PHOTO_NAMES, max_abs
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from basics.errors import Img2MusicError
-from runtime.delay_pattern import delay_pattern_mask, frames_for_seconds, steps_for_frames
-from runtime.sampling import SamplingConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.generation.delay_pattern import delay_pattern_mask, frames_for_seconds, steps_for_frames
+from img2music.runtime.generation.sampling import SamplingConfig
 
 HOP = 640  # EnCodec 32 kHz: 640 samples per code frame
 

@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from runtime.delay_pattern import delay_pattern_mask
-from runtime.encodec_stream import snr_db
-from runtime.generation import Windowing
-from runtime.sampling import SamplingConfig
+from img2music.runtime.generation.core import Windowing
+from img2music.runtime.generation.delay_pattern import delay_pattern_mask
+from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.pipeline.encodec_stream import snr_db
 
 ROOT = Path(__file__).resolve().parents[2]
 GREEDY = SamplingConfig(greedy=True, guidance_scale=3.0)
@@ -24,14 +24,14 @@ GREEDY = SamplingConfig(greedy=True, guidance_scale=3.0)
 
 @pytest.fixture(scope="module")
 def stereo_onnx(stereo_bundle):
-    from runtime.onnx_pipeline import OnnxPipeline
+    from img2music.runtime.pipeline.onnx_pipeline import OnnxPipeline
 
     return OnnxPipeline.load(stereo_bundle, threads=2)
 
 
 @pytest.fixture(scope="module")
 def stereo_reference(stereo_models):
-    from runtime.reference import ReferencePipeline
+    from img2music.runtime.torch_reference import ReferencePipeline
 
     return ReferencePipeline(stereo_models)
 
@@ -94,3 +94,8 @@ def test_generate_cli_writes_two_channel_wavs(stereo_bundle, photo_files, tmp_pa
         audio, rate = sf.read(out / "astronaut.wav")
         assert rate == 32000 and audio.shape == (32000, 2)
         assert np.all(np.sqrt(np.mean(audio ** 2, axis=0)) > 1e-4)
+
+
+def test_stereo_chunks_say_they_are_stereo(stereo_onnx, photos):
+    chunk = stereo_onnx.stream([photos["coffee"]], seconds=0.5, sampling=SamplingConfig(seed=1)).next_chunk(10)
+    assert (chunk.sample_rate, chunk.channels) == (32000, 2) and chunk.audio.shape[2] == 2

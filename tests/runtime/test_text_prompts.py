@@ -1,4 +1,4 @@
-"""Text prompts: alone (MusicGen text-to-music) and with an image, weighted (runtime.conditioning).
+"""Text prompts: alone (MusicGen text-to-music) and with an image, weighted (runtime.generation.conditioning).
 
 The oracle is transformers: a prompt alone must give ``generate``'s greedy tokens with that
 text; image + prompt the tokens of ``generate`` fed the joined sequence as ``encoder_outputs``
@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from basics.errors import Img2MusicError
-from runtime.conditioning import log_weights
-from runtime.logits_sampling import with_null_branch
-from runtime.sampling import SamplingConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.runtime.generation.conditioning import log_weights
+from img2music.runtime.generation.sampling import SamplingConfig, with_null_branch
 
 ROOT = Path(__file__).resolve().parents[2]
 GREEDY = SamplingConfig(greedy=True, guidance_scale=3.0)

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from PIL import Image, ImageEnhance, ImageOps
 
-from training.build_dataset import BuildConfig, Builder
+from img2music.training.dataset_builder import BuildConfig, Builder
 
 BASE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "coins", "page", "horse", "moon",
                "clock", "text")

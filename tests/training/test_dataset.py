@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from basics.errors import Img2MusicError
+from img2music.basics.errors import Img2MusicError
+from img2music.training.dataset_builder import BatchLimit, Builder
+from img2music.training.dataset_input import read_items, stratified_split
+from img2music.training.dataset_store import TENSORS, load_index, load_split
 from tests.training.conftest import EMOTIONS, CountingBuilder, _config
-from training.build_dataset import BatchLimit, Builder
-from training.dataset_input import read_items, stratified_split
-from training.dataset_store import TENSORS, load_index, load_split
 
 
 def test_phase1_builds_every_step(tiny_dataset):

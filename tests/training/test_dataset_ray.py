@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.dataset_store import TENSORS, load_index, load_split
+from img2music.training.dataset_store import TENSORS, load_index, load_split
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # ~3.5 min of Ray actors loading models on 2 cores: `make test-all`

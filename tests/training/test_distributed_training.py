@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.dataset_store import TENSORS, load_index, load_split, write_dataset
-from training.train import TrainConfig, Trainer
+from img2music.training.dataset_store import TENSORS, load_index, load_split, write_dataset
+from img2music.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = dict(batch_size=16, num_tokens=16, hidden_dim=64, seed=0)  # lr 3e-4, latent + fm + ce + adv

@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from basics.errors import Img2MusicError
-from basics.prompt_bank import MIN_DIRECTIVES, PromptBank, PromptBankProjector, build_prompt_bank, load_directives
-from runtime.preprocess import preprocess_images
-from training.projector import MLPProjector, MLPProjectorConfig
+from img2music.basics.errors import Img2MusicError
+from img2music.basics.prompt_bank import (
+    MIN_DIRECTIVES,
+    PromptBank,
+    PromptBankProjector,
+    build_prompt_bank,
+    load_directives,
+)
+from img2music.runtime.pipeline.preprocess import preprocess_images
+from img2music.training.projector import MLPProjector, MLPProjectorConfig
 
 
 def test_directive_bank_is_curated():

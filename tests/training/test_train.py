@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from basics.errors import Img2MusicError
-from training.evaluate import load_checkpoint, run_ablations
-from training.train import TrainConfig, Trainer
+from img2music.basics.errors import Img2MusicError
+from img2music.training.evaluate import load_checkpoint, run_ablations
+from img2music.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,7 +121,7 @@ def test_trained_projector_exports_and_generates(trained, tmp_path, photo_files)
 
 
 def test_projector_for_other_models_is_refused(trained, tmp_path):
-    from export.bundle_build import load_trained_projector
+    from img2music.export.bundle_build import load_trained_projector
 
     _, run = trained
     with pytest.raises(Img2MusicError, match="trained for other models"):

@@ -1,0 +1,97 @@
+"""Which GPU and TensorRT this machine has, read without torch or the tensorrt module.
+
+The CUDA driver library (present wherever the NVIDIA driver is: desktops, servers, Jetson)
+names the device and its compute capability; TensorRT's own library reports its
+version. Both through ctypes, so the check runs in the runtime's own environment
+(onnxruntime-gpu + numpy) and fails in a second, with one clear message, on a machine
+without them. NOT YET RUN ON A GPU: written against the CUDA driver API
+(cuInit, cuDeviceGet, cuDeviceGetName, cuDeviceGetAttribute) and TensorRT's
+``getInferLibVersion``; the tests cover the refusals and the version arithmetic.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+from dataclasses import dataclass
+
+from img2music.basics.errors import Img2MusicError
+
+CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
+NVINFER_NAMES = ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so")
+
+
+@dataclass(frozen=True)
+class TensorRTFacts:
+    tensorrt_version: str
+    """'10.3.0' (JetPack 6), '10.x' / '11.x' elsewhere."""
+    gpu_name: str
+    """CUDA device name, e.g. 'NVIDIA GeForce RTX 3090'."""
+    compute_capability: str
+    """'8.6' for the RTX 3090, '8.7' for Jetson Orin, '9.0' for Hopper."""
+
+
+def gpu(device: int = 0) -> tuple[str, str]:
+    """(name, compute capability) of CUDA device ``device``."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        raise Img2MusicError("no NVIDIA driver here (libcuda.so.1 not found): the GPU providers need a GPU") from None
+    dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    name = ctypes.create_string_buffer(256)
+    for call, args in (("cuInit", (0,)), ("cuDeviceGet", (ctypes.byref(dev), device)),
+                       ("cuDeviceGetName", (name, 256, dev)),
+                       ("cuDeviceGetAttribute", (ctypes.byref(major), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)),
+                       ("cuDeviceGetAttribute", (ctypes.byref(minor), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev))):
+        code = getattr(cuda, call)(*args)
+        if code != 0:
+            raise Img2MusicError(f"CUDA device {device}: {call} failed with CUDA error {code}")
+    return name.value.decode(errors="replace").strip(), f"{major.value}.{minor.value}"
+
+
+def version_from_int(value: int) -> str:
+    """TensorRT's ``getInferLibVersion()`` (major * 10000 + minor * 100 + patch) -> '10.3.0'."""
+    return f"{value // 10000}.{value // 100 % 100}.{value % 100}"
+
+
+def tensorrt_version() -> str:
+    """The version of the TensorRT library ONNX Runtime's TensorRT provider would load."""
+    candidates = list(NVINFER_NAMES)
+    try:  # pip's tensorrt wheels keep the libraries in the tensorrt_libs package
+        import tensorrt_libs
+
+        candidates = [p for d in tensorrt_libs.__path__ for p in sorted(glob.glob(os.path.join(d, "libnvinfer.so*")))]
+        candidates += list(NVINFER_NAMES)
+    except ImportError:
+        pass
+    for name in candidates:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.getInferLibVersion.restype = ctypes.c_int32
+        return version_from_int(lib.getInferLibVersion())
+    raise Img2MusicError("TensorRT is not installed here (no libnvinfer): install TensorRT 10 for your CUDA "
+                         "(JetPack ships it; elsewhere NVIDIA's tensorrt wheels), or use --provider cuda")
+
+
+def tensorrt_facts(device: int = 0) -> TensorRTFacts:
+    name, capability = gpu(device)
+    return TensorRTFacts(tensorrt_version(), name, capability)
+
+
+def engine_mismatch(recorded: dict, facts: TensorRTFacts) -> str | None:
+    """Why engines recorded in a manifest (``tensorrt_version``, ``gpu_name``,
+    ``compute_capability``) cannot run here, or None. A TensorRT engine runs only with the
+    TensorRT release that built it and on the GPU architecture it was built for."""
+    built = recorded.get("tensorrt_version")
+    if not built:
+        return "the manifest does not say which TensorRT built the engines"
+    if built != facts.tensorrt_version:  # a patch release changes the engine format too
+        return f"built with TensorRT {built}, this machine has TensorRT {facts.tensorrt_version}"
+    if recorded.get("compute_capability") != facts.compute_capability:
+        return (f"built for compute capability {recorded.get('compute_capability')} ({recorded.get('gpu_name')}), "
+                f"this GPU is {facts.compute_capability} ({facts.gpu_name})")
+    return None
