@@ -124,19 +124,26 @@ def text_cosine(ref_session, test_session, tokenizer, prompts: list[str]) -> flo
 def check(precision: str, report: dict) -> list[str]:
     """Failures against the thresholds (empty when the precision passes)."""
     t = THRESHOLDS[precision]
-    failures = []
-    if report["teacher_forced"]["agreement"] < t.teacher_forced_agreement:
-        failures.append(f"teacher-forced agreement {report['teacher_forced']['agreement']:.3f} "
-                        f"< {t.teacher_forced_agreement}")
-    if report["teacher_forced"]["kl_mean"] > t.kl_max:
-        failures.append(f"KL {report['teacher_forced']['kl_mean']:.5f} > {t.kl_max}")
-    if t.max_abs_logit_diff is not None and report["teacher_forced"]["max_abs_diff"] > t.max_abs_logit_diff:
-        failures.append(f"max |Δlogit| {report['teacher_forced']['max_abs_diff']:.4f} > {t.max_abs_logit_diff}")
+    failures = _decoder_failures(report["teacher_forced"], t, "")
+    emulation = report.get("fp16_storage_emulation")
+    if emulation is not None:  # an fp16 decoder measured on the CPU: the emulation is what CUDA would store
+        failures += _decoder_failures(emulation["teacher_forced"], t, "fp16 storage emulation: ")
     if report["clip"]["cosine"] < t.clip_cosine:
         failures.append(f"CLIP embedding cosine {report['clip']['cosine']:.4f} < {t.clip_cosine}")
     text = report.get("text")
     if text and text.get("cosine") is not None and text["cosine"] < t.text_cosine:
         failures.append(f"T5 encoding cosine {text['cosine']:.4f} < {t.text_cosine}")
+    return failures
+
+
+def _decoder_failures(tf: dict, t: Thresholds, what: str) -> list[str]:
+    failures = []
+    if tf["agreement"] < t.teacher_forced_agreement:
+        failures.append(f"{what}teacher-forced agreement {tf['agreement']:.3f} < {t.teacher_forced_agreement}")
+    if tf["kl_mean"] > t.kl_max:
+        failures.append(f"{what}KL {tf['kl_mean']:.5f} > {t.kl_max}")
+    if t.max_abs_logit_diff is not None and tf["max_abs_diff"] > t.max_abs_logit_diff:
+        failures.append(f"{what}max |Δlogit| {tf['max_abs_diff']:.4f} > {t.max_abs_logit_diff}")
     return failures
 
 
@@ -165,6 +172,16 @@ def write_report(root: Path, report: dict) -> dict:
         f"| CLIP embedding cosine | {report['clip']['cosine']:.5f} | >= {report['thresholds']['clip_cosine']} |",
         f"| EnCodec SNR | {report['encodec']['note']} | |",
     ]
+    emulation = report.get("fp16_storage_emulation")
+    if emulation is not None:
+        et = emulation["teacher_forced"]
+        lines += [f"| fp16 storage emulation: teacher-forced agreement | {et['agreement']:.4f} | "
+                  f">= {report['thresholds']['teacher_forced_agreement']} |",
+                  f"| fp16 storage emulation: KL per token | {et['kl_mean']:.3g} | <= {report['thresholds']['kl_max']} |",
+                  f"| fp16 storage emulation: max \\|Δlogit\\| | {et['max_abs_diff']:.4f} | "
+                  + (f"<= {report['thresholds']['max_abs_logit_diff']} |" if report['thresholds'].get('max_abs_logit_diff')
+                     else "|"),
+                  f"| fp16 storage emulation: greedy agreement | {emulation['greedy_agreement']:.4f} | |"]
     text = report.get("text") or {}
     lines += [f"| T5 encoding cosine ({text.get('prompts')} prompts) | "
               + (f"{text['cosine']:.5f} | >= {report['thresholds']['text_cosine']} |" if text.get("cosine") is not None
@@ -177,4 +194,10 @@ def write_report(root: Path, report: dict) -> dict:
     return {"teacher_forced_agreement": tf["agreement"], "kl_mean": tf["kl_mean"],
             "max_abs_logit_diff": tf["max_abs_diff"], "greedy_agreement": report["greedy"]["agreement"],
             "clip_cosine": report["clip"]["cosine"], "text_cosine": text.get("cosine"),
+            "measured_on": report.get("measured_on", "cpu"),
+            "fp16_storage_emulation": None if emulation is None else {
+                "teacher_forced_agreement": emulation["teacher_forced"]["agreement"],
+                "kl_mean": emulation["teacher_forced"]["kl_mean"],
+                "max_abs_logit_diff": emulation["teacher_forced"]["max_abs_diff"],
+                "greedy_agreement": emulation["greedy_agreement"]},
             "passed": not report["failures"]}

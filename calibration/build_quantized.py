@@ -17,6 +17,7 @@ for compute in float32; a GPU run measures the rest (benchmarks/gpu_check.sh).
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,11 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
     fp32_generator = CodeGenerator(reference)
     tmp = root / "converted"
     tmp.mkdir(exist_ok=True)
+    emulated = None
     if options.precision == "fp16":
         sections, test_generator = _float16_graphs(root, tmp, decoder_config, options.report_provider)
+        if options.report_provider == "cpu":  # the CPU runs fp16 graphs partly in float32: emulate CUDA's storage
+            emulated = _float16_emulation(tmp, decoder_config)
     else:
         sections, test_generator = _quantized_graphs(root, tmp, decoder_config, fp32_generator, sessions["cross_kv"],
                                                      cond, mask, images, options, report)
@@ -153,20 +157,31 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
         "clip": {"cosine": cosine, "images": int(min(options.clip_images, len(pixels)))},
         "encodec": {"quantized": False, "snr_db": None, "note": "not converted (fp32): identical to fp32"},
         "text": _text_accuracy(root, tmp),
+        "measured_on": options.report_provider if options.precision == "fp16" else "cpu",
     }
+    if emulated is not None:
+        data["fp16_storage_emulation"] = {
+            "what": "the fp16 decoder and cross_kv as float32 graphs that round every float16 tensor to float16 "
+                    "after each op (calibration.half_precision.float16_storage_emulation), on the CPU",
+            "teacher_forced": teacher_forced(fp32_generator, emulated, cond[:n], mask[:n], tokens,
+                                             options.kv.guidance_scale),
+            "greedy_agreement": greedy_agreement(fp32_generator, emulated, cond[:n], mask[:n], frames,
+                                                 options.kv.guidance_scale)}
     data["failures"] = check(options.precision, data)
     summary = write_report(root, data)
     report(f"  accuracy: teacher-forced agreement {tf['agreement']:.4f}, KL {tf['kl_mean']:.3g}, "
            f"max |Δlogit| {tf['max_abs_diff']:.3g}, greedy agreement {greedy:.4f}, CLIP cosine {cosine:.5f}"
            + (f", T5 cosine {data['text']['cosine']:.5f}" if (data["text"] or {}).get("cosine") is not None else "")
+           + _emulation_line(data.get("fp16_storage_emulation"))
            + " -> "
            f"{'PASS' if summary['passed'] else 'FAIL'}")
-    for generator in (test_generator, fp32_generator):
+    for generator in (test_generator, fp32_generator) + ((emulated,) if emulated is not None else ()):
         generator.decoder.close()
     del sessions
     if data["failures"]:
         raise Img2MusicError(f"{options.precision} bundle below its accuracy thresholds: " + "; ".join(data["failures"]))
 
+    shutil.rmtree(tmp / "fp16_emulation", ignore_errors=True)  # measured; not part of the bundle
     for new in sorted(tmp.iterdir()):  # the converted graphs replace their fp32 originals
         for old in root.glob(new.name.split(".onnx")[0] + ".onnx*"):
             old.unlink()
@@ -178,6 +193,14 @@ def quantize_bundle(root: Path, decoder_config: DecoderConfig, image_config: Cli
         np.savez(root / KV_SCALES_FILE, scales=scales.scales, absmax=scales.absmax,
                  decoder_step_sha256=np.array(sha256_file(root / "decoder_step.onnx")))
     return sections | {"precision": options.precision, "accuracy": summary}
+
+
+def _emulation_line(emulation: dict | None) -> str:
+    if emulation is None:
+        return ""
+    tf = emulation["teacher_forced"]
+    return (f"; fp16 storage emulated: agreement {tf['agreement']:.4f}, KL {tf['kl_mean']:.3g}, "
+            f"max |Δlogit| {tf['max_abs_diff']:.3g}")
 
 
 def _text_accuracy(root: Path, tmp: Path, prompts: int = 16) -> dict | None:
@@ -222,6 +245,22 @@ def _float16_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, provid
         "graph_precisions": {name: "fp16" for name in KEEP_FLOAT32_IO},
     }
     return sections, generator
+
+
+def _float16_emulation(tmp: Path, decoder_config: DecoderConfig) -> CodeGenerator:
+    """The converted decoder_step and cross_kv with float16 storage emulated (float32 graphs, every
+    fp16 tensor rounded after each op), on the CPU; written beside them, never into the bundle."""
+    import onnx
+
+    from img2music.calibration.half_precision import float16_storage_emulation
+
+    folder = tmp / "fp16_emulation"
+    folder.mkdir(exist_ok=True)
+    for name, round_outputs in (("decoder_step", False), ("cross_kv", True)):
+        save_model(float16_storage_emulation(onnx.load(str(tmp / f"{name}.onnx")), round_outputs),
+                   folder / f"{name}.onnx")
+    step, cross = (create_session(folder / f"{name}.onnx") for name in ("decoder_step", "cross_kv"))
+    return CodeGenerator(OrtDecoderSession(step, cross, decoder_config))
 
 
 def _quantized_graphs(root: Path, tmp: Path, decoder_config: DecoderConfig, fp32_generator: CodeGenerator,

@@ -216,6 +216,8 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
                                     reference=torch_reference)
         if release_weights:
             mg.to("meta")
+        if quantization.precision == "fp16":  # a GPU bundle: its step must replay as a CUDA graph
+            quantized["quantization"]["cuda_graph"] = check_cuda_graph(out, report)
         cache = quantized["kv_cache"]["dtype"]
         specs["decoder_step"] = decoder_step_spec(d.num_codebooks, d.vocab_size, d.num_layers, d.num_heads,
                                                   d.head_dim, kv_cache_dtype=cache)
@@ -223,6 +225,20 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
     step("manifest.json (hashes, configs, versions)")
     return write_manifest(out, specs, models, directives, num_tokens, checks, quantized, projector=trained,
                           text=text_config)
+
+
+def check_cuda_graph(root: Path, report: Callable[[str], None]) -> dict:
+    """The fp16 step graph can be captured as a CUDA graph: no node of it would need a host-device
+    copy on the CUDA provider (export.cuda_placement); the manifest records where its shape nodes run."""
+    import onnx
+
+    from img2music.export.cuda_placement import check_capturable
+
+    model = onnx.load(str(root / "decoder_step.onnx"), load_external_data=False)
+    found = check_capturable(model, "decoder_step", host_inputs=frozenset({"total_sequence_length"}))
+    report(f"  CUDA graph: decoder_step needs no host-device copy ({len(found.on_cpu)} shape node(s) on the "
+           f"CPU: {', '.join(found.on_cpu) or 'none'})")
+    return {"capturable": True, "host_nodes": found.on_cpu}
 
 
 def _physical_memory() -> int | None:

@@ -30,6 +30,8 @@ import heapq
 from dataclasses import dataclass, field
 
 from img2music.basics.errors import Img2MusicError
+from img2music.basics.onnx_types import op_name as _op
+from img2music.basics.onnx_types import tensor_types
 
 FIXED = frozenset({"float", "float16", "bfloat16", "double", "int8", "int16", "int32", "int64", "uint8", "uint16",
                    "uint32", "uint64", "bool"})
@@ -79,6 +81,7 @@ CUDA_KERNELS = {
     "MatMul": _k(HFD),
     "LayerNormalization": _k(HFD),
     "Transpose": _k(FIXED),
+    "Identity": _k(FIXED),
     "Softmax": _k(HFD),
     "Tanh": _k(HFD), "Sigmoid": _k(HFD), "Erf": _k(HFD), "Sqrt": _k(HFD), "Pow": _k(HFD),
     "com.microsoft.GroupQueryAttention": _k(HALF, host_inputs=(6,)),  # no float32 kernel
@@ -88,65 +91,6 @@ CUDA_KERNELS = {
     "com.microsoft.MatMulNBits": _k(HFD - {"double"}),
 }
 """(domain.)op -> its CUDA kernel. Only ops with a kernel on every registered opset we export."""
-
-ELEM = {1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
-        10: "float16", 11: "double", 12: "uint32", 13: "uint64", 16: "bfloat16"}
-
-
-def _op(node) -> str:
-    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            import onnx
-
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _output_types(node, types: dict) -> list:
-    """Element types of a node's outputs from its inputs' (enough for the ops above)."""
-    op = _op(node)
-    first = types.get(node.input[0]) if node.input else None
-    if op in ("Shape", "Size"):
-        return ["int64"]
-    if op == "Cast":
-        return [ELEM[_attr(node, "to")]]
-    if op == "Equal":
-        return ["bool"]
-    if op == "Where":
-        return [types.get(node.input[1])]
-    if op == "ConstantOfShape":
-        value = _attr(node, "value")
-        return [ELEM[value.data_type] if value is not None else "float"]
-    if op == "com.microsoft.GroupQueryAttention":  # output, present_key, present_value
-        past = types.get(node.input[3]) if len(node.input) > 3 and node.input[3] else first
-        return [first, past, past]
-    return [first] * len(node.output)
-
-
-def _typed_graph(model):
-    graph = model.graph
-    types = {v.name: ELEM.get(v.type.tensor_type.elem_type) for v in graph.input}
-    sizes = {}
-    for t in graph.initializer:
-        types[t.name] = ELEM.get(t.data_type)
-        count = 1
-        for d in t.dims:
-            count *= d
-        sizes[t.name] = count
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = _attr(node, "value")
-            types[node.output[0]] = ELEM.get(value.data_type)
-            sizes[node.output[0]] = max(1, len(value.int64_data) + len(value.float_data) + len(value.int32_data))
-            continue
-        for name, kind in zip(node.output, _output_types(node, types)):
-            types[name] = kind
-    return types, sizes
-
 
 @dataclass
 class Placement:
@@ -166,7 +110,7 @@ def placement(model, host_inputs: frozenset = frozenset()) -> Placement:
     """ONNX Runtime's node placement for ``model`` on the CUDA provider. ``host_inputs``: the
     graph inputs the runtime binds in host memory (the rest are device buffers)."""
     graph = model.graph
-    types, sizes = _typed_graph(model)
+    types, sizes = tensor_types(model)
     nodes = [n for n in graph.node if n.op_type != "Constant"]
     graph_inputs = {v.name for v in graph.input}
     small = {name for name, count in sizes.items() if count <= SMALL_INITIALIZER}

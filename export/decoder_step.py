@@ -92,25 +92,28 @@ def build_decoder_step(decoder_lm, weights: DecoderWeights = DecoderWeights()) -
 
     # Token embeddings: sum over codebooks of embed_k[ids[:, k, :]].
     ids = g.op("Split", ["input_ids"], outputs=k_books, axis=1) if k_books > 1 else ["input_ids"]
-    embeds = []
+    embeds, codes = [], []
     for k in range(k_books):
         table = g.weight(f"embed_tokens.{k}", dec.embed_tokens[k].weight.detach().float().numpy())
-        codes_k = g.op("Squeeze", [ids[k], g.const([1])])  # (B2, S)
-        embeds.append(g.op("Gather", [table, codes_k], axis=0))  # (B2, S, D)
+        codes.append(g.op("Squeeze", [ids[k], g.const([1])]))  # (B2, S)
+        embeds.append(g.op("Gather", [table, codes[k]], axis=0))  # (B2, S, D)
     x = g.op("Sum", embeds) if k_books > 1 else embeds[0]
-    # Positions seqlens_k - S + 1 .. seqlens_k (seqlens_k = cached + S - 1; one step: the
-    # count of cached positions; a prefill into an empty cache: 0 .. S-1). From seqlens_k,
+    # Positions seqlens_k - S + 1 .. seqlens_k per row (seqlens_k = cached + S - 1; one step:
+    # the count of cached positions; a prefill into an empty cache: 0 .. S-1). From seqlens_k,
     # not total_sequence_length: a captured CUDA graph keeps total fixed at the cache length
-    # and only seqlens_k (a device tensor) moves.
-    seq_1 = g.op("Shape", ["input_ids"], start=2, end=3)  # [S]
-    seq = g.op("Squeeze", [seq_1, g.const([0])])
-    last = g.op("Cast", [g.op("Gather", ["seqlens_k", g.const(0)], axis=0)], to=INT64)  # () all rows alike
-    # first + Range(0, S): ORT 1.32 rewrites Gather(table, Range(first, last + 1)) into a
-    # Slice that fails at run time, so the Range must not feed the Gather directly.
-    first = g.op("Add", [g.op("Sub", [last, seq]), g.const(1)])
-    pos_ids = g.op("Add", [g.op("Range", [g.const(0), seq, g.const(1)]), first])  # (S,)
+    # and only seqlens_k (a device tensor) moves. And from device tensors alone: on the CUDA
+    # provider Shape() writes host memory, and arithmetic mixing it with seqlens_k needs a
+    # host-device copy, which makes ONNX Runtime refuse graph capture (export.cuda_placement
+    # checks the built graph). S - i for i = 0..S-1 is a reversed cumulative sum of ones shaped
+    # like the codes; no Range either (ORT 1.32 rewrote Gather(table, Range) into a Slice that
+    # failed at run time).
+    ones = g.op("Add", [g.op("Mul", [codes[0], g.const(0)]), g.const(1)])  # (B2, S) int64 ones
+    remaining = g.op("CumSum", [ones, g.const(1)], reverse=1)  # (B2, S): S, S-1, .., 1
+    last = g.op("Unsqueeze", [g.op("Cast", ["seqlens_k"], to=INT64), g.const([1])])  # (B2, 1)
+    pos_ids = g.op("Sub", [g.op("Add", [last, g.const(1)]), remaining])  # (B2, S)
     positions = g.weight("embed_positions", dec.embed_positions.weights.detach().float().numpy())
     x = g.op("Add", [x, g.op("Gather", [positions, pos_ids], axis=0)])  # (B2, S, D)
+    seq_1 = g.op("Shape", ["input_ids"], start=2, end=3)  # [S] on the host: only Expand's shape reads it
     # The cross-attention mask, once for all layers: (B2, 1, 1, N) -> (B2, 1, S, N).
     bias_shape = g.op("Concat", [g.const([1, 1]), seq_1, g.const([1])], axis=0)
     cross_bias = g.op("Expand", ["cross_attention_bias", bias_shape])

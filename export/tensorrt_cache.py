@@ -65,7 +65,8 @@ def build_engine_cache(root: Path, report=None) -> dict:
     if not engines:
         raise Img2MusicError("the TensorRT provider wrote no engine files into the bundle")
     record = {"tensorrt_version": facts.tensorrt_version, "gpu_name": facts.gpu_name,
-              "compute_capability": facts.compute_capability, "graphs": list(TENSORRT_GRAPHS), "files": engines,
+              "compute_capability": facts.compute_capability, "driver_version": facts.driver_version,
+              "graphs": list(TENSORRT_GRAPHS), "files": engines,
               "max_images": TENSORRT_MAX_IMAGES, "max_chunk_frames": TENSORRT_MAX_CHUNK_FRAMES}
     manifest = dataclasses.replace(bundle.manifest, files=file_entries(root),
                                    provenance=dataclasses.replace(bundle.manifest.provenance, tensorrt=record))

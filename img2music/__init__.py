@@ -9,9 +9,18 @@ top-level folders, installed under this one name).
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 
-from img2music.runtime import __all__  # the runtime package's __init__ imports nothing heavy
+# A checkout that is not installed (``PYTHONPATH=checkout``: benchmarks/gpu_check.sh on a bare
+# GPU machine, which must not pip-install into its Python): the role folders sit beside this
+# one, and img2music.<role> resolves to them. Installed (editable or wheel), this adds nothing
+# new: the editable map points at the same folders, and a wheel has no pyproject.toml beside it.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_CHECKOUT, "pyproject.toml")) and os.path.isdir(os.path.join(_CHECKOUT, "runtime")):
+    __path__.append(_CHECKOUT)
+
+from img2music.runtime import __all__  # noqa: E402  (the runtime package's __init__ imports nothing heavy)
 
 
 def __getattr__(name: str):

@@ -20,7 +20,9 @@ from img2music.basics.errors import Img2MusicError
 
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-NVINFER_NAMES = ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so")
+NVINFER = "libnvinfer.so.10"
+"""The one TensorRT library ONNX Runtime 1.31's TensorRT provider loads (its NEEDED entry: TensorRT 10;
+a TensorRT 11 library beside it would not be used, so it must not count as "TensorRT installed")."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class TensorRTFacts:
     """CUDA device name, e.g. 'NVIDIA GeForce RTX 3090'."""
     compute_capability: str
     """'8.6' for the RTX 3090, '8.7' for Jetson Orin, '9.0' for Hopper."""
+    driver_version: str = ""
+    """The CUDA driver's version ('13.0'): a plan built under a newer driver may not run under an older one."""
 
 
 def gpu(device: int = 0) -> tuple[str, str]:
@@ -51,6 +55,18 @@ def gpu(device: int = 0) -> tuple[str, str]:
     return name.value.decode(errors="replace").strip(), f"{major.value}.{minor.value}"
 
 
+def driver_version() -> str:
+    """The CUDA driver API version ('13.0'), or '' without a driver."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return ""
+    version = ctypes.c_int()
+    if cuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return ""
+    return f"{version.value // 1000}.{version.value % 1000 // 10}"
+
+
 def version_from_int(value: int) -> str:
     """TensorRT's ``getInferLibVersion()`` (major * 10000 + minor * 100 + patch) -> '10.3.0'."""
     return f"{value // 10000}.{value // 100 % 100}.{value % 100}"
@@ -58,12 +74,12 @@ def version_from_int(value: int) -> str:
 
 def tensorrt_version() -> str:
     """The version of the TensorRT library ONNX Runtime's TensorRT provider would load."""
-    candidates = list(NVINFER_NAMES)
+    candidates = [NVINFER]
     try:  # pip's tensorrt wheels keep the libraries in the tensorrt_libs package
         import tensorrt_libs
 
-        candidates = [p for d in tensorrt_libs.__path__ for p in sorted(glob.glob(os.path.join(d, "libnvinfer.so*")))]
-        candidates += list(NVINFER_NAMES)
+        candidates = [p for d in tensorrt_libs.__path__ for p in sorted(glob.glob(os.path.join(d, NVINFER)))]
+        candidates.append(NVINFER)
     except ImportError:
         pass
     for name in candidates:
@@ -73,13 +89,14 @@ def tensorrt_version() -> str:
             continue
         lib.getInferLibVersion.restype = ctypes.c_int32
         return version_from_int(lib.getInferLibVersion())
-    raise Img2MusicError("TensorRT is not installed here (no libnvinfer): install TensorRT 10 for your CUDA "
-                         "(JetPack ships it; elsewhere NVIDIA's tensorrt wheels), or use --provider cuda")
+    raise Img2MusicError(f"TensorRT 10 is not installed here (no {NVINFER}, the library onnxruntime-gpu 1.31's "
+                         "TensorRT provider loads): install TensorRT 10 for CUDA 13 (JetPack ships its own; "
+                         "elsewhere NVIDIA's tensorrt wheels), or use --provider cuda")
 
 
 def tensorrt_facts(device: int = 0) -> TensorRTFacts:
     name, capability = gpu(device)
-    return TensorRTFacts(tensorrt_version(), name, capability)
+    return TensorRTFacts(tensorrt_version(), name, capability, driver_version())
 
 
 def engine_mismatch(recorded: dict, facts: TensorRTFacts) -> str | None:
@@ -94,4 +111,15 @@ def engine_mismatch(recorded: dict, facts: TensorRTFacts) -> str | None:
     if recorded.get("compute_capability") != facts.compute_capability:
         return (f"built for compute capability {recorded.get('compute_capability')} ({recorded.get('gpu_name')}), "
                 f"this GPU is {facts.compute_capability} ({facts.gpu_name})")
+    # One compute capability spans several GPUs (an H100 and an H200 are both 9.0) whose tuned
+    # kernels differ: a plan is built for one device model.
+    if recorded.get("gpu_name") != facts.gpu_name:
+        return f"built on a {recorded.get('gpu_name')}, this GPU is a {facts.gpu_name}"
+    built_driver = recorded.get("driver_version") or ""
+    if built_driver and facts.driver_version and _version(facts.driver_version) < _version(built_driver):
+        return f"built under CUDA driver {built_driver}, this machine's driver is older ({facts.driver_version})"
     return None
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())

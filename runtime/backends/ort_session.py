@@ -64,6 +64,30 @@ def create_session(path: str | os.PathLike, threads: int | None = None, provider
             "for CUDA install the 'gpu' extra: pip install 'img2music[gpu]'"
         )
     try:
-        return ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers)
+        # enable_fallback=0: onnxruntime's Python layer would otherwise retry a session (or a
+        # run) whose provider failed on the CPU, dropping the provider's options, and go on.
+        session = ort.InferenceSession(str(Path(path)), sess_options=opts, providers=providers, enable_fallback=0)
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise Img2MusicError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+    check_providers(session, names, path)
+    return session
+
+
+PROVIDER_LIBRARIES = {
+    "CUDAExecutionProvider": "onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9 (libcudart.so.13, libcublas.so.13, "
+                             "libcublasLt.so.13, libcudnn.so.9) and an NVIDIA driver",
+    "TensorrtExecutionProvider": "its TensorRT provider needs TensorRT 10 (libnvinfer.so.10) beside CUDA 13",
+}
+
+
+def check_providers(session, asked: list[str], path) -> None:
+    """The session runs on the providers asked for. A provider library that fails to load makes
+    ONNX Runtime log one line and run on the CPU without raising (measured with the 1.31.1 GPU
+    wheel on a machine without CUDA): here that is one clear error instead."""
+    running = session.get_providers()
+    missing = [name for name in asked if name not in running]
+    if missing:
+        why = "; ".join(PROVIDER_LIBRARIES.get(name, name) for name in missing)
+        raise Img2MusicError(f"{', '.join(missing)} did not start for {Path(path).name} (onnxruntime runs it on "
+                             f"{', '.join(running)}): {why}; onnxruntime's own error above names the file it "
+                             "could not load")

@@ -56,7 +56,7 @@ class SessionOptions:
     spinning: bool = True
     """Let ORT's CPU worker threads busy-wait between runs (False when other threads need the cores)."""
     cuda_graph: bool = True
-    """GPU: replay the decoder step as a CUDA graph (falls back to plain runs where ORT refuses)."""
+    """GPU: replay the decoder step as a CUDA graph (``--no-cuda-graph``: plain runs)."""
     device_id: int = 0
     """GPU: the CUDA device."""
 
@@ -122,7 +122,10 @@ def tensorrt_options(bundle: Bundle, name: str, options: SessionOptions) -> dict
     ranges = tensorrt_profile(bundle.graph(name).spec(name), bundle.model)
     shapes = {k: ",".join(f"{t}:{'x'.join(map(str, r[i]))}" for t, r in ranges.items()) for i, k in
               enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes"))}
-    return {"device_id": str(options.device_id), "trt_fp16_enable": "1", "trt_engine_cache_enable": "1",
+    # fp16 only where the bundle's graph is fp16: the projector and EnCodec stay float32 on
+    # purpose (calibration.half_precision), and TensorRT would otherwise pick fp16 kernels there.
+    fp16 = "1" if bundle.graph(name).precision == "fp16" else "0"
+    return {"device_id": str(options.device_id), "trt_fp16_enable": fp16, "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": str(bundle.root), "trt_timing_cache_enable": "1",
             "trt_timing_cache_path": str(bundle.root)} | (shapes if ranges else {})
 
@@ -158,14 +161,15 @@ def open_sessions(bundle: Bundle, options: SessionOptions = SessionOptions()) ->
     cuda_graph = options.provider != "cpu" and options.cuda_graph
     graphs = {}
     for name in RUNTIME_GRAPHS + ((TEXT_GRAPH,) if bundle.model.text is not None else ()):
-        if name == "decoder_step" and cuda_graph:
-            try:
-                graphs[name] = _session(bundle, name, options, cuda_graph=True)
-                continue
-            except Img2MusicError as exc:  # ORT captures only graphs whose every node runs on the CUDA provider
-                log.warning("the decoder step cannot run as a CUDA graph here (%s); running it without", exc)
-                cuda_graph = False
-        graphs[name] = _session(bundle, name, options, cuda_graph=False)
+        try:
+            graphs[name] = _session(bundle, name, options, cuda_graph=cuda_graph and name == "decoder_step")
+        except Img2MusicError as exc:
+            if not (cuda_graph and name == "decoder_step"):
+                raise
+            # ORT refuses capture when a node would need a host-device copy; the build checks the
+            # step graph for that (export.cuda_placement), so this is news: say it, do not hide it
+            raise Img2MusicError(f"{exc}; the decoder step cannot run as a CUDA graph here: run with "
+                                 "--no-cuda-graph (plain runs, slower) and report it") from None
     check_decoder_config(bundle, graphs["decoder_step"])
     decoder = OrtDecoderSession(graphs["decoder_step"], graphs["cross_kv"], bundle.model.decoder,
                                 kv_scales=bundle.kv_scales(), device="cpu" if options.provider == "cpu" else "cuda",
