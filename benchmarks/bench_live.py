@@ -95,7 +95,8 @@ def transition_costs(engine, repeats: int = 3) -> tuple[float, float]:
 
     generator = engine.stream.generator
     scene = engine.scene
-    cond = blend((scene.conditioning, scene.mask), (scene.conditioning * 0.5, scene.mask), 0.5)
+    halved = (scene.bound[0] * 0.5,) + tuple(scene.bound[1:])  # (conditioning, mask, weight) each side
+    cond = blend(scene.bound, halved, 0.5)
     generator.start(scene.conditioning, scene.mask, engine.sampling, window=engine.window)
     generator.next_frames(engine.window.keep_frames + 4, engine.sampling)
     times = {"blend": [], "reprime": []}
@@ -233,7 +234,7 @@ def rtf(engines: str, seconds: float, scene_seconds: float, threads: int, seed: 
     loop_after = python_loop_seconds()
     return {"engines": engines, "seconds": seconds, "scene_seconds": scene_seconds, "threads": threads,
             "window_frames": window.window_frames, "keep_frames": window.keep_frames, "chunk_frames": chunk,
-            "live_rtf": round(live_rtf, 3), "live_rtf_parts": live_parts, "batch_rtf": round(batch_rtf, 3),
+            "live_rtf": round(live_rtf, 4), "live_rtf_parts": live_parts, "batch_rtf": round(batch_rtf, 4),
             "batch_rtfs": [round(b, 3) for b in batch_rtfs],
             "ratio": round(live_rtf / batch_rtf, 3), "silences": counts.silences,
             "silence_seconds": round(counts.silence_seconds, 2), "repeats": counts.repeats,

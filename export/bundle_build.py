@@ -18,6 +18,7 @@ bundle does not ship the decoder's weights twice (schema 2).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from img2music.basics.errors import Img2MusicError
+from img2music.runtime.bundle.manifest import ENCODEC_FRONT_INT8
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +180,16 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
                   specs["encodec_stream_front"], out / "encodec_stream_front.onnx")
     export_module(EncodecStreamBack(codec), (torch.zeros(1, lstm_channels, 8),), specs["encodec_stream_back"],
                   out / "encodec_stream_back.onnx")
+    int8_front = None
+    if quantization is None or quantization.precision != "fp16":  # a CPU bundle: the int8-LSTM front beside
+        from img2music.calibration.quantize import quantize_lstm
+
+        quantize_lstm(out / "encodec_stream_front.onnx", out / f"{ENCODEC_FRONT_INT8}.onnx")
+        specs[ENCODEC_FRONT_INT8] = dataclasses.replace(specs["encodec_stream_front"], name=ENCODEC_FRONT_INT8)
+        int8_front = create_session(out / f"{ENCODEC_FRONT_INT8}.onnx")
     run_checks(validate_encodec_stream(create_session(out / "encodec_stream_front.onnx"),
-                                       create_session(out / "encodec_stream_back.onnx"), models, seed=seed))
+                                       create_session(out / "encodec_stream_back.onnx"), models, seed=seed,
+                                       int8_front_session=int8_front))
 
     text_config = None
     if text:
@@ -223,6 +233,9 @@ def build_bundle(out: Path, models, seed: int = 0, report: Report | None = None,
                                                   d.head_dim, kv_cache_dtype=cache)
         specs["cross_kv"] = cross_kv_spec(text_dim, d.num_layers, d.num_heads, d.head_dim, attention_dtype(cache))
     step("manifest.json (hashes, configs, versions)")
+    if ENCODEC_FRONT_INT8 in specs:
+        quantized = dict(quantized or {})
+        quantized["graph_precisions"] = {**quantized.get("graph_precisions", {}), ENCODEC_FRONT_INT8: "int8"}
     return write_manifest(out, specs, models, directives, num_tokens, checks, quantized, projector=trained,
                           text=text_config)
 

@@ -176,11 +176,12 @@ def validate_decoder_step(decoder_session, models, steps: int = 6, batch: int = 
 
 
 def validate_encodec_stream(front_session, back_session, models, batch: int = 2, frames: int = 60, chunk: int = 7,
-                            seed: int = 0) -> list[OutputCheck]:
-    """Both stream graphs vs their torch modules, and the ONNX stream vs the full decode (SNR)."""
+                            seed: int = 0, int8_front_session=None) -> list[OutputCheck]:
+    """Both stream graphs vs their torch modules, and the ONNX stream vs the full decode (SNR);
+    with ``int8_front_session``, that variant's stream vs the full decode too (its own bar)."""
     import torch
 
-    from img2music.export.encodec_stream import EncodecStreamBack, EncodecStreamFront, lstm_shape
+    from img2music.export.encodec_stream import EncodecStreamFront, lstm_shape
     from img2music.runtime.pipeline.encodec_stream import EncodecStreamDecoder, onnx_stream_functions, snr_db
 
     codec = models.musicgen.audio_encoder
@@ -192,25 +193,35 @@ def validate_encodec_stream(front_session, back_session, models, batch: int = 2,
     c = rng.standard_normal((layers, batch, channels)).astype(np.float32) * 0.1
     with torch.no_grad():
         ref_front = EncodecStreamFront(codec)(torch.from_numpy(codes), torch.from_numpy(h), torch.from_numpy(c))
-        ref_back = EncodecStreamBack(codec)(ref_front[0]).numpy()
+        hidden = ref_front[0]  # transformers' own upsampling layers: the oracle of the rewritten back
+        for layer in codec.decoder.layers[2:]:
+            hidden = layer(hidden)
+        ref_back = hidden.numpy()
         full = codec.decode(torch.from_numpy(codes)[None], [None]).audio_values[:, 0].numpy()
     front = front_session.run(None, {"audio_codes": codes, "lstm_h": h, "lstm_c": c})
     checks = compare("encodec_stream_front", ["lstm_frames", "lstm_h_out", "lstm_c_out"], front,
                      [t.numpy() for t in ref_front])
     back = back_session.run(None, {"lstm_frames": ref_front[0].numpy()})
     checks += compare("encodec_stream_back", ["audio_values"], back, [ref_back])
-    stream = EncodecStreamDecoder(*onnx_stream_functions(front_session, back_session), (layers, batch, channels),
-                                  models.hop_length)
-    audio = np.concatenate([stream.push(codes[:, :, i : i + chunk]) for i in range(0, frames, chunk)]
-                           + [stream.flush()], axis=1)
-    # An SNR as a check: "difference" = dB below the bar (0 when it passes).
-    snr = snr_db(full, audio) if audio.shape == full.shape else float("-inf")
-    checks.append(OutputCheck("encodec_stream", f"stream_vs_full_decode@chunk{chunk}", max(0.0, STREAM_MIN_SNR_DB - snr),
-                              0.0, detail=f"SNR {snr:.1f} dB (>= {STREAM_MIN_SNR_DB:.0f} dB)"))
+    variants = [("encodec_stream", front_session, STREAM_MIN_SNR_DB)]
+    if int8_front_session is not None:
+        variants.append(("encodec_stream_int8_lstm", int8_front_session, INT8_LSTM_MIN_SNR_DB))
+    for name, front_graph, bar in variants:
+        stream = EncodecStreamDecoder(*onnx_stream_functions(front_graph, back_session), (layers, batch, channels),
+                                      models.hop_length)
+        audio = np.concatenate([stream.push(codes[:, :, i : i + chunk]) for i in range(0, frames, chunk)]
+                               + [stream.flush()], axis=1)
+        # An SNR as a check: "difference" = dB below the bar (0 when it passes).
+        snr = snr_db(full, audio) if audio.shape == full.shape else float("-inf")
+        checks.append(OutputCheck(name, f"stream_vs_full_decode@chunk{chunk}", max(0.0, bar - snr), 0.0,
+                                  detail=f"SNR {snr:.1f} dB (>= {bar:.0f} dB)"))
     return checks
 
 
 STREAM_MIN_SNR_DB = 90.0
+INT8_LSTM_MIN_SNR_DB = 60.0
+"""The int8-LSTM front's bar against the full decode: small-random measured 75 dB (random
+weights; a trained LSTM may differ, which is what the bar is for)."""
 
 
 

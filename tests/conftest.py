@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+# This host's measurements (runtime.pipeline.host_cache) go to a folder of the test run's own,
+# shared by its subprocesses: a developer's ~/.cache never decides a test.
+os.environ.setdefault("IMG2MUSIC_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="img2music-cache-"))
 
 import numpy as np
 import pytest

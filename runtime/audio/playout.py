@@ -66,13 +66,23 @@ class DegradeCounts:
     ring, the start time)."""
 
 
+TARGET_RAMP = 0.25
+"""Seconds of buffer target gained per second after a short pre-roll: slower than a generator at
+RTF 0.8 fills it (0.25 s per second), so the ladder is never tripped by its own ramp."""
+
+
 class Playout:
     def __init__(self, ring: RingBuffer, rate: int, target: float, low_water: float = 0.15,
                  recorder: LiveRecording | None = None, crossfade: float = 0.05, repeat_seconds: float = 1.0,
-                 stall_seconds: float = 10.0, tick: float = 0.01, clock=time.monotonic) -> None:
+                 stall_seconds: float = 10.0, tick: float = 0.01, clock=time.monotonic,
+                 preroll: float | None = None) -> None:
         self.ring, self.rate, self.recorder = ring, rate, recorder
         self.channels = ring.channels
         self.target, self.low_water, self.tick = target, low_water, tick
+        self.preroll = target if preroll is None else min(preroll, target)
+        """Seconds buffered before the sound starts; the ladder's target then grows to ``target`` at
+        :data:`TARGET_RAMP` seconds per second (the first audio sooner, the full buffer soon after)."""
+        self._primed_at: float | None = None
         self.xfade = max(1, int(crossfade * rate))
         self.repeat_len = max(2 * self.xfade, int(repeat_seconds * rate))
         self.stall_seconds, self.clock = stall_seconds, clock
@@ -141,9 +151,9 @@ class Playout:
     def feed(self) -> None:
         """One feeder tick (public so tests can drive it deterministically)."""
         if not self._primed:
-            if self._queued < self.target * self.rate and not self._finished:
+            if self._queued < self.preroll * self.rate and not self._finished:
                 return
-            self._primed = True
+            self._primed, self._primed_at = True, self.clock()
         with self._lock:
             chunks = list(self._queue)
             self._queue.clear()
@@ -241,13 +251,19 @@ class Playout:
         self.counts.silence_seconds += len(block) / self.rate
         self._to_ring(block)
 
+    def target_now(self) -> float:
+        """The buffer the ladder aims at: from the pre-roll up to ``target`` (see :attr:`preroll`)."""
+        if self._primed_at is None or self.preroll >= self.target:
+            return self.target
+        return min(self.target, self.preroll + TARGET_RAMP * (self.clock() - self._primed_at))
+
     def _level_from_buffer(self) -> None:
-        buffered = self.buffered()
-        if self.level > 0 and buffered >= self.target and self._after is None:
+        buffered, target = self.buffered(), self.target_now()
+        if self.level > 0 and buffered >= target and self._after is None:
             self.level = 0
             self.counts.recoveries += 1
             log.info("playout: caught up (%.2f s buffered)", buffered)
-        elif self.level == 0 and self.fresh_out > 0 and not self._finished and buffered < self.target / 2:
+        elif self.level == 0 and self.fresh_out > 0 and not self._finished and buffered < target / 2:
             self.level = 1
             self.counts.cheaper += 1
 

@@ -44,6 +44,9 @@ class RingBuffer:
         self.underflows = 0  # reads that came up short
         self.underflow_samples = 0
         self.end_of_stream = False  # set by the producer after its last write
+        self.first_read_at: float | None = None
+        """When the consumer first took audio (monotonic): the first audio out, to the callback's
+        precision (a status report a second later would be a second late)."""
 
     def available(self) -> int:
         return self.written - self.consumed
@@ -70,6 +73,8 @@ class RingBuffer:
         first = min(n, self.capacity - start)
         out[:first] = self.data[start : start + first]
         out[first:n] = self.data[: n - first]
+        if n and self.first_read_at is None:
+            self.first_read_at = time.monotonic()
         if n < want:
             out[n:] = 0.0
             if self.written > 0 and not self.end_of_stream:  # start-up and the end are not underflows

@@ -30,7 +30,7 @@ from img2music.basics.graph_specs import GraphSpec
 from img2music.basics.model_config import ModelConfig
 from img2music.runtime.backends.ort_session import create_session, onnxruntime
 from img2music.runtime.bundle.loading import Bundle, check_decoder_config, check_session
-from img2music.runtime.bundle.manifest import RUNTIME_GRAPHS, TEXT_GRAPH
+from img2music.runtime.bundle.manifest import OPTIONAL_GRAPHS, RUNTIME_GRAPHS, TEXT_GRAPH
 from img2music.runtime.generation.decoder_session import DecoderSession
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,17 @@ class SessionOptions:
     threads: int | None = None
     """Intra-op threads per CPU session (default: the cores this process may use)."""
     spinning: bool = True
-    """Let ORT's CPU worker threads busy-wait between runs (False when other threads need the cores)."""
+    """Let ORT's CPU worker threads busy-wait between decoder steps (False when other threads need
+    the cores); the other graphs never spin (:data:`SPINNING_GRAPHS`)."""
     cuda_graph: bool = True
     """GPU: replay the decoder step as a CUDA graph (``--no-cuda-graph``: plain runs)."""
     device_id: int = 0
     """GPU: the CUDA device."""
+    encodec: str = "float32"
+    """The streaming EnCodec front: float32 (equal to the full decode), int8 (the int8-LSTM variant)
+    or auto (the faster here, measured: ``runtime.pipeline.encodec_choice``)."""
+    encodec_chunk: int = 25
+    """Code frames per EnCodec push that ``auto`` measures at (the live chunk)."""
 
 
 @dataclass
@@ -153,23 +159,38 @@ def tensorrt_profile(spec: GraphSpec, model: ModelConfig, max_images: int = TENS
     return ranges
 
 
-def open_sessions(bundle: Bundle, options: SessionOptions = SessionOptions()) -> BundleSessions:
-    """Sessions for a verified bundle; each checked against the I/O its manifest records."""
+OPENING_THREADS = 4
+"""Sessions created at once: ONNX Runtime builds a session outside the GIL, so on two cores the
+eight graphs of small-random int4 open in about half the time (a second of the first audio)."""
+
+
+def open_sessions(bundle: Bundle, options: SessionOptions = SessionOptions(),
+                  skip: tuple[str, ...] = ()) -> BundleSessions:
+    """Sessions for a verified bundle (created concurrently), each checked against the I/O its
+    manifest records; ``skip``: optional graphs not to open (an EnCodec front not chosen)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from img2music.runtime.backends.ort_decoder import OrtDecoderSession
 
     check_provider(bundle, options.provider)
     cuda_graph = options.provider != "cpu" and options.cuda_graph
-    graphs = {}
-    for name in RUNTIME_GRAPHS + ((TEXT_GRAPH,) if bundle.model.text is not None else ()):
-        try:
-            graphs[name] = _session(bundle, name, options, cuda_graph=cuda_graph and name == "decoder_step")
-        except Img2MusicError as exc:
-            if not (cuda_graph and name == "decoder_step"):
-                raise
-            # ORT refuses capture when a node would need a host-device copy; the build checks the
-            # step graph for that (export.cuda_placement), so this is news: say it, do not hide it
-            raise Img2MusicError(f"{exc}; the decoder step cannot run as a CUDA graph here: run with "
-                                 "--no-cuda-graph (plain runs, slower) and report it") from None
+    optional = tuple(name for name in OPTIONAL_GRAPHS if name in bundle.manifest.graphs and options.provider == "cpu")
+    names = [n for n in RUNTIME_GRAPHS + ((TEXT_GRAPH,) if bundle.model.text is not None else ()) + optional
+             if n not in skip]
+    with ThreadPoolExecutor(max_workers=OPENING_THREADS, thread_name_prefix="open-session") as pool:
+        futures = {name: pool.submit(_session, bundle, name, options, cuda_graph and name == "decoder_step")
+                   for name in names}
+        graphs = {}
+        for name, future in futures.items():
+            try:
+                graphs[name] = future.result()
+            except Img2MusicError as exc:
+                if not (cuda_graph and name == "decoder_step"):
+                    raise
+                # ORT refuses capture when a node would need a host-device copy; the build checks the
+                # step graph for that (export.cuda_placement), so this is news: say it, do not hide it
+                raise Img2MusicError(f"{exc}; the decoder step cannot run as a CUDA graph here: run with "
+                                     "--no-cuda-graph (plain runs, slower) and report it") from None
     check_decoder_config(bundle, graphs["decoder_step"])
     decoder = OrtDecoderSession(graphs["decoder_step"], graphs["cross_kv"], bundle.model.decoder,
                                 kv_scales=bundle.kv_scales(), device="cpu" if options.provider == "cpu" else "cuda",
@@ -177,8 +198,21 @@ def open_sessions(bundle: Bundle, options: SessionOptions = SessionOptions()) ->
     return BundleSessions(graphs, decoder)
 
 
+SPINNING_GRAPHS = ("decoder_step",)
+"""The graphs whose sessions may busy-wait between runs. Spinning pays only for back-to-back runs
+of one session (decoder steps); a session whose workers spin while another session runs steals
+its cores: streamed EnCodec (two sessions, alternating, small-random, 25-frame chunks, 2 threads,
+AVX-512 VNNI host) cost 195 ms per second of audio with both spinning, 97 with neither."""
+
+
+def open_session(bundle: Bundle, name: str, options: SessionOptions = SessionOptions()):
+    """One graph's session, as :func:`open_sessions` opens it (for a graph opened on first use)."""
+    return _session(bundle, name, options, cuda_graph=False)
+
+
 def _session(bundle: Bundle, name: str, options: SessionOptions, cuda_graph: bool):
     session = create_session(bundle.graph_path(name), threads=options.threads,
-                             providers=graph_providers(bundle, name, options, cuda_graph), spinning=options.spinning)
+                             providers=graph_providers(bundle, name, options, cuda_graph),
+                             spinning=options.spinning and name in SPINNING_GRAPHS)
     check_session(session, bundle.graph(name), name)
     return session

@@ -87,6 +87,15 @@ class Bundle:
         return scales
 
 
+def verify_files(root: Path, manifest: BundleManifest) -> None:
+    """Every listed file's sha256 against the manifest (sizes were checked at load); one clear
+    error naming the first that differs. hashlib works outside the GIL: ``OnnxPipeline.load``
+    runs this beside the session creation."""
+    for name, entry in manifest.files.items():
+        if sha256_file(root / name) != entry.sha256:
+            raise Img2MusicError(f"bundle file {name} does not match its sha256 in the manifest (corrupt or edited)")
+
+
 def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     """Read and verify a bundle; raises :class:`Img2MusicError` with the reason."""
     root = Path(root)
@@ -129,8 +138,8 @@ def load_bundle(root: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
             raise Img2MusicError(
                 f"bundle file {name} has {size} bytes, the manifest says {entry.bytes} (truncated or replaced)"
             )
-        if verify_hashes and sha256_file(file) != entry.sha256:
-            raise Img2MusicError(f"bundle file {name} does not match its sha256 in the manifest (corrupt or edited)")
+    if verify_hashes:
+        verify_files(root, manifest)
     text = manifest.model.text
     if text is not None and text.tokenizer_file not in manifest.files:
         raise Img2MusicError(f"corrupt bundle manifest {path}: the tokenizer {text.tokenizer_file!r} is not listed in files")

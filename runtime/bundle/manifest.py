@@ -33,6 +33,11 @@ RUNTIME_GRAPHS = ("clip_vision", "projector", "cross_kv", "decoder_step", "encod
 """The graphs the runtime runs; a bundle may list more (schema 1's encodec_decode, TensorRT's)."""
 TEXT_GRAPH = "t5_encoder"
 """Run too when the bundle has a text path (``model.text``)."""
+ENCODEC_FRONT_INT8 = "encodec_stream_front_int8"
+"""Optional: the streaming EnCodec front with an int8 LSTM (CPU bundles); the runtime runs it
+where it measures faster and the caller allows it (``runtime.pipeline.encodec_choice``)."""
+OPTIONAL_GRAPHS = (ENCODEC_FRONT_INT8,)
+"""Graphs the runtime opens when the manifest lists them."""
 
 
 class ManifestError(Img2MusicError):

@@ -53,6 +53,14 @@ def add_provider_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPU: run the decoder step without CUDA-graph replay")
 
 
+def add_encodec_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """--encodec: which streaming EnCodec front runs (``runtime.pipeline.encodec_choice``)."""
+    parser.add_argument("--encodec", choices=("auto", "float32", "int8"), default=default,
+                        help="streaming EnCodec front: float32 (equal to the full decode), int8 (the bundle's "
+                             "int8-LSTM variant, >= 60 dB), auto (the faster of the two here, measured once per "
+                             "host and bundle)")
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str = "sampling seed") -> None:
     """--guidance-scale, --temperature, --top-k, --top-p and --seed, checked and with the
     SamplingConfig defaults, as every CLI that generates takes them."""

@@ -36,6 +36,7 @@ from img2music.basics.presets import PRESETS  # plain data: imports neither torc
 from img2music.runtime import SamplingConfig
 from img2music.runtime.audio.files import WavRecorder, prepare_output_dir, printable, wav_names
 from img2music.runtime.cli.arguments import (
+    add_encodec_argument,
     add_prompt_arguments,
     add_provider_arguments,
     add_sampling_arguments,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--threads", type=positive(int), default=None,
                      help="CPU threads for onnxruntime (default: all cores)")
     add_provider_arguments(src)
+    add_encodec_argument(src, default="float32")
     src.add_argument("--window-seconds", type=positive_float, default=30.0,
                      help="--engines: generation window before re-priming (MusicGen's trained 30 s; at most ~40.9 s)")
     src.add_argument("--keep-seconds", type=positive_float, default=12.0,
@@ -119,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with timer.stage("load bundle"):
             pipeline = OnnxPipeline.load(args.engines, threads=args.threads, provider=args.provider,
-                                         cuda_graph=args.cuda_graph)
+                                         cuda_graph=args.cuda_graph, encodec=args.encodec,
+                                         encodec_chunk=50)  # auto measures at 1 s pushes: a few seconds once per host
     else:
         from img2music.basics.models import load_models
 

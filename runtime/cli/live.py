@@ -42,6 +42,7 @@ from img2music.runtime import (
     SourceConfig,
 )
 from img2music.runtime.cli.arguments import (
+    add_encodec_argument,
     add_prompt_arguments,
     add_provider_arguments,
     add_sampling_arguments,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", required=True, metavar="DIR", help="engine bundle from export/build_engines.py")
     p.add_argument("--threads", type=positive(int), default=None, help="CPU threads for onnxruntime (default: all)")
     add_provider_arguments(p)
+    add_encodec_argument(p, default="auto")
     _output_arguments(p.add_argument_group("output"))
     g = p.add_argument_group("sampling")
     add_sampling_arguments(g, seed_help="sampling seed (also the synthetic scenes' seed)")
@@ -127,6 +129,9 @@ def _engine_arguments(lv) -> None:
                     help="code frames generated per chunk (50 = 1 s)")
     lv.add_argument("--buffer", type=positive(float), default=d.buffer_seconds,
                     help="seconds of audio kept ahead of the sound card (the buffer target)")
+    lv.add_argument("--preroll", type=positive(float), default=d.preroll_seconds,
+                    help="seconds of audio buffered before the sound starts (at most --buffer); the buffer then "
+                         "grows to --buffer")
     lv.add_argument("--scene-threshold", type=positive(float), default=sc.threshold,
                     help="CLIP cosine distance that counts as a new scene")
     lv.add_argument("--scene-confirm", type=positive(int), default=sc.confirm,
@@ -166,7 +171,8 @@ def config_from_args(args: argparse.Namespace) -> LiveSessionConfig:
                           interval=args.interval, scene_seconds=args.scene_seconds, seed=args.seed,
                           stale_after=args.stale_after, fallback_image=args.fallback_image)
     engine = EngineConfig(
-        chunk_frames=args.chunk_frames, buffer_seconds=args.buffer, transition_seconds=args.transition,
+        chunk_frames=args.chunk_frames, buffer_seconds=args.buffer, preroll_seconds=args.preroll,
+        transition_seconds=args.transition,
         transition_mode=args.transition_mode, embed_interval=args.embed_interval,
         window_seconds=args.window_seconds, keep_seconds=args.keep_seconds, duration=args.duration,
         stall_seconds=args.stall_seconds, first_frame_wait=args.first_frame_wait,
@@ -179,7 +185,8 @@ def config_from_args(args: argparse.Namespace) -> LiveSessionConfig:
     output = OutputConfig(no_audio=args.no_audio, device=device, rate=args.rate, record=args.record,
                           record_max_mb=args.record_max_mb, metrics=args.metrics, metrics_max_mb=args.metrics_max_mb)
     servers = ServerConfig(http=args.http, osc=args.osc, ws=args.ws, token_file=args.http_token_file)
-    backend = BackendConfig(args.engines, provider=args.provider, threads=args.threads, cuda_graph=args.cuda_graph)
+    backend = BackendConfig(args.engines, provider=args.provider, threads=args.threads, cuda_graph=args.cuda_graph,
+                            encodec=args.encodec)
     return LiveSessionConfig(backend=backend, source=source, engine=engine, output=output, servers=servers)
 
 

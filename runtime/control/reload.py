@@ -133,7 +133,7 @@ def _load_like(path: str, running):
 
     o = running.options
     pipeline = OnnxPipeline.load(path, threads=o.threads, provider=o.provider, spinning=o.spinning,
-                                 cuda_graph=o.cuda_graph)
+                                 cuda_graph=o.cuda_graph, encodec=o.encodec, encodec_chunk=o.encodec_chunk)
     why = incompatibility(running.bundle.model, pipeline.bundle.model, 0)
     if why is not None:  # the manifest changed since the request was checked
         raise Img2MusicError(f"does not fit this run: {why}")

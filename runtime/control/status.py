@@ -223,7 +223,7 @@ class StatusReporter:
         self._consumed = consumed
         now = time.monotonic()
         if consumed > 0 and self.first_audio_at is None:
-            self.first_audio_at = now
+            self.first_audio_at = self.engine.playout.ring.first_read_at or now
         if flowing:
             self.last_flowing_at = now
         return flowing

@@ -13,10 +13,17 @@ and lengthens it again when the load goes.
 
 A window cycle after a re-prime with P prompt frames: a prefill of P frames, then
 W - P + K - 1 steps at positions P .. W + K - 1, for W - P new frames of music.
+
+Every cost is a median of several runs, EnCodec's measured streaming at the live chunk size, and
+the costs are kept per host and bundle (``runtime.pipeline.host_cache``): a start-up with them
+cached measures nothing (seconds less before the first audio) and chooses the window the last
+start chose. What the running budget observes outranks the start-up guess: each re-choice keeps
+its measured slowdown, and the next start projects with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -62,6 +69,9 @@ class Costs:
         return Costs(self.step_base_ms * factor, self.step_per_position_ms * factor,
                      self.prefill_per_frame_ms * factor, self.encodec_per_second_ms * factor)
 
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) for k, v in dataclasses.asdict(self).items()}
+
 
 def projected_rtf(costs: Costs, window: Windowing, num_codebooks: int, frame_rate: int) -> float:
     """Seconds of compute per second of music, averaged over a window cycle."""
@@ -104,8 +114,9 @@ def choose_window(costs: Costs, num_codebooks: int, frame_rate: int, max_frames:
 
 
 def measure_costs(pipeline, conditioning, mask, sampling, positions: tuple[int, int] = (16, 1024),
-                  steps: int = 6) -> Costs:
-    """Time the generation core on ``pipeline`` (the generator's current piece is ended)."""
+                  steps: int = 6, chunk_frames: int = 25, runs: int = 3) -> Costs:
+    """Time the generation core on ``pipeline`` (the generator's current piece is ended): each cost
+    the median of ``steps`` steps or ``runs`` prefills, EnCodec streaming ``chunk_frames`` at a time."""
     gen = pipeline.generator
     d = pipeline.bundle.model.decoder
     gen.start(conditioning, mask, sampling, window=Windowing(d.max_frames, d.max_frames // 2))
@@ -124,25 +135,33 @@ def measure_costs(pipeline, conditioning, mask, sampling, positions: tuple[int, 
     frames = min(100, d.max_frames // 2)
     tokens = np.full((gen.batch * (2 if gen.guidance else 1), d.num_codebooks, frames), d.pad_token_id, np.int64)
     gen.decoder.prefill(tokens)  # warm-up
-    start = time.perf_counter()
-    gen.decoder.prefill(tokens)
-    prefill = (time.perf_counter() - start) * 1000 / frames
-    codes = np.random.default_rng(0).integers(0, d.vocab_size, (1, d.num_codebooks, 60))
+    prefills = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        gen.decoder.prefill(tokens)
+        prefills.append((time.perf_counter() - start) * 1000 / frames)
+    codes = np.random.default_rng(0).integers(0, d.vocab_size, (1, d.num_codebooks, chunk_frames * (runs + 2)))
     stream = pipeline.stream_decoder(1)
-    stream.push(codes[:, :, :10])  # warm-up
-    start = time.perf_counter()
-    stream.push(codes[:, :, 10:])
-    encodec = (time.perf_counter() - start) * 1000 * pipeline.frame_rate / 50
-    return Costs(max(0.0, t0 - slope * p0), slope, prefill, encodec)
+    stream.push(codes[:, :, :chunk_frames])  # warm-up
+    pushes = []
+    for i in range(1, runs + 2):
+        start = time.perf_counter()
+        stream.push(codes[:, :, i * chunk_frames:(i + 1) * chunk_frames])
+        pushes.append((time.perf_counter() - start) * 1000 * pipeline.frame_rate / chunk_frames)
+    return Costs(max(0.0, t0 - slope * p0), slope, statistics.median(prefills), statistics.median(pushes))
 
 
 class ContextBudget:
     """The window in use, re-chosen when measured chunk costs drift from the projection."""
 
     def __init__(self, costs: Costs, num_codebooks: int, frame_rate: int, max_frames: int,
-                 headroom: float = HEADROOM, horizon: float = 15.0, clock=time.monotonic) -> None:
+                 headroom: float = HEADROOM, horizon: float = 15.0, clock=time.monotonic,
+                 remember=None) -> None:
         self.costs, self.k, self.rate, self.max_frames = costs, num_codebooks, frame_rate, max_frames
         self.headroom, self.horizon, self.clock = headroom, horizon, clock
+        self.remember = remember
+        """Called with the costs the running budget measured (scaled) at each re-choice: the host
+        cache keeps them for the next start (None: forgotten)."""
         self.slowdown = 1.0
         """Measured / projected cost, as of the last re-choice."""
         self.window, self.projected = choose_window(costs, num_codebooks, frame_rate, max_frames, headroom)
@@ -181,43 +200,57 @@ class ContextBudget:
                  window.keep_frames)
         self.window, self.projected, self.slowdown = window, projected, slowdown
         self.changes += 1
+        if self.remember is not None:
+            self.remember(self.costs.scaled(slowdown))
         self._samples.clear()
         self._since_change = now
         return window
 
 
-def start_window(pipeline, conditioning, mask, sampling, configured: Windowing | None = None
-                 ) -> tuple[Windowing, float, Costs, "ContextBudget | None"]:
-    """At start-up: measure this machine's costs; the budget's window (or the configured one)
-    and its projected RTF; and with plenty of headroom (under :data:`SPIN_BELOW`) the
-    sessions re-created with ORT's threads sleeping between runs. Returns (window, projected
-    RTF, costs, budget or None when configured)."""
+def start_window(pipeline, conditioning, mask, sampling, configured: Windowing | None = None,
+                 chunk_frames: int = 25) -> tuple[Windowing, float, Costs, "ContextBudget | None", str]:
+    """At start-up: this machine's costs (kept per host and bundle: measured only when not kept
+    yet); the budget's window (or the configured one) and its projected RTF; and with plenty of
+    headroom (under :data:`SPIN_BELOW`) the sessions re-created with ORT's threads sleeping
+    between runs. Returns (window, projected RTF, costs, budget or None when configured, where the
+    costs came from: 'kept' or 'measured')."""
     d = pipeline.bundle.model.decoder
+    cache = pipeline.host_cache
+    name = f"costs@{chunk_frames}"
 
-    def measure():
-        costs = measure_costs(pipeline, conditioning, mask, sampling)
+    def remember(costs: Costs) -> None:
+        cache.put(name, {"costs": costs.to_dict(), "spinning": pipeline.options.spinning})
+
+    def choose(costs: Costs):
         if configured is not None:
             return configured, projected_rtf(costs, configured, d.num_codebooks, pipeline.frame_rate), costs, None
-        budget = ContextBudget(costs, d.num_codebooks, pipeline.frame_rate, d.max_frames)
+        budget = ContextBudget(costs, d.num_codebooks, pipeline.frame_rate, d.max_frames, remember=remember)
         return budget.window, budget.projected, costs, budget
 
-    chosen = measure()
+    kept = cache.get(name)
+    if kept is not None:
+        if not kept.get("spinning", True) and pipeline.options.spinning:
+            pipeline.set_spinning(False)
+        return choose(Costs(**kept["costs"])) + ("kept",)
+    chosen = choose(measure_costs(pipeline, conditioning, mask, sampling, chunk_frames=chunk_frames))
     if chosen[1] < SPIN_BELOW and pipeline.options.spinning:
         # Plenty of headroom: ORT's workers busy-waiting between runs would burn cores for
         # nothing (tiny bundle, 2 cores: 0.61 cores used with spinning, 0.18 without), and an
         # installation runs for weeks. Sessions re-created without it, costs measured again.
         pipeline.set_spinning(False)
-        chosen = measure()
+        chosen = choose(measure_costs(pipeline, conditioning, mask, sampling, chunk_frames=chunk_frames))
         log.info("projected RTF under %.1f: onnxruntime's threads sleep between runs", SPIN_BELOW)
-    return chosen
+    remember(chosen[2])
+    return chosen + ("measured",)
 
 
 def describe_start(costs: Costs, window: Windowing, rtf: float, frame_rate: int, seconds: float,
-                   configured: bool) -> str:
+                   configured: bool, source: str = "measured", encodec: str = "float32") -> str:
     """The start-up choice as one line (the live engine prints it)."""
-    return (f"context budget ({seconds:.1f} s to measure: step {costs.step_base_ms:.1f} ms "
+    where = f"{seconds:.1f} s to measure" if source == "measured" else "kept from an earlier start on this host"
+    return (f"context budget ({where}: step {costs.step_base_ms:.1f} ms "
             f"+ {costs.step_per_position_ms * 1000:.2f} ms per 1000 positions, EnCodec "
-            f"{costs.encodec_per_second_ms:.0f} ms/s): window {window.window_frames / frame_rate:.0f} s, "
+            f"{costs.encodec_per_second_ms:.0f} ms/s, {encodec} front): window {window.window_frames / frame_rate:.0f} s, "
             f"keep {window.keep_frames / frame_rate:.0f} s{' (as configured)' if configured else ''}, "
             f"projected RTF {rtf:.2f}"
             + ("" if rtf <= HEADROOM else " — above the headroom: this machine is too slow for "

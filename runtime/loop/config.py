@@ -75,7 +75,10 @@ class EngineConfig:
     chunk_frames: int = 25
     """Code frames generated per chunk (50 per second); doubled while falling behind."""
     buffer_seconds: float = 1.0
-    """Audio kept ahead of the sound card; also the pre-roll before sound starts."""
+    """Audio kept ahead of the sound card."""
+    preroll_seconds: float = 0.5
+    """Audio buffered before the sound starts (at most ``buffer_seconds``); the buffer then grows to
+    ``buffer_seconds`` (``runtime.audio.playout``): the first audio half a second of music sooner."""
     low_water: float = 0.15
     """Seconds left in the ring at which the playout starts repeating audio."""
     stall_seconds: float = 10.0
@@ -111,7 +114,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         require(isinstance(self.chunk_frames, int) and self.chunk_frames >= 1,
                f"--chunk-frames must be a whole number >= 1, got {self.chunk_frames!r}")
-        for name in ("buffer_seconds", "low_water", "stall_seconds", "embed_interval", "thread_stuck_seconds"):
+        for name in ("buffer_seconds", "preroll_seconds", "low_water", "stall_seconds", "embed_interval",
+                     "thread_stuck_seconds"):
             _positive(name, getattr(self, name))
         for name in ("window_seconds", "keep_seconds", "duration"):
             _positive(name, getattr(self, name), optional=True)

@@ -57,6 +57,7 @@ from img2music.runtime.loop.source_thread import SourceThread
 from img2music.runtime.loop.sources import default_fallback_image
 from img2music.runtime.loop.thread_watch import ThreadWatch
 from img2music.runtime.loop.transport import Transport
+from img2music.runtime.pipeline.encodec_stream import LOOKAHEAD_FRAMES
 from img2music.runtime.pipeline.preprocess import preprocess_images
 
 log = logging.getLogger(__name__)
@@ -223,9 +224,10 @@ class LiveEngine:
                                                 5.0 if c.keep_seconds is None else c.keep_seconds, p.frame_rate,
                                                 p.bundle.model.decoder.max_frames)
         start = time.perf_counter()
-        window, rtf, costs, self.budget = start_window(p, first.conditioning, first.mask, self.sampling, configured)
+        window, rtf, costs, self.budget, source = start_window(p, first.conditioning, first.mask, self.sampling,
+                                                                 configured, chunk_frames=c.chunk_frames)
         self.report(describe_start(costs, window, rtf, p.frame_rate, time.perf_counter() - start,
-                                   configured is not None))
+                                   configured is not None, source, p.encodec_choice["front"]))
         return window
 
     def _apply(self, scene: Scene) -> None:
@@ -265,8 +267,12 @@ class LiveEngine:
         return target
 
     def _chunk(self) -> int:
-        """Longer chunks while behind: fewer calls, less per second of music."""
+        """Longer chunks while behind: fewer calls, less per second of music. The first chunk is
+        just the pre-roll (and the streaming decoder's lookahead): the sound starts after one chunk."""
         chunk = self.config.chunk_frames
+        if self.frames_done == 0:
+            preroll = min(self.config.preroll_seconds, self.config.buffer_seconds)
+            return min(MAX_CHUNK_FRAMES, math.ceil(preroll * self.pipeline.frame_rate) + LOOKAHEAD_FRAMES)
         return min(MAX_CHUNK_FRAMES, 2 * chunk) if self.playout.level >= 1 else chunk
 
     def run(self) -> None:

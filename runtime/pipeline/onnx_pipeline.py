@@ -20,19 +20,25 @@ Usage::
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import cached_property, partial
 from typing import Sequence
 
 import numpy as np
 
 from img2music.basics.errors import Img2MusicError
-from img2music.runtime.backends.providers import SessionOptions, open_sessions
-from img2music.runtime.bundle.loading import Bundle, load_bundle
+from img2music.runtime.backends.ort_session import default_threads
+from img2music.runtime.backends.providers import SessionOptions, open_session, open_sessions
+from img2music.runtime.bundle.loading import Bundle, load_bundle, verify_files
+from img2music.runtime.bundle.manifest import ENCODEC_FRONT_INT8, TEXT_GRAPH
 from img2music.runtime.generation.conditioning import Conditioning, check_inputs, text_only, with_prompt
 from img2music.runtime.generation.core import CodeGenerator, Windowing
 from img2music.runtime.generation.delay_pattern import check_frames, frames_for_seconds
 from img2music.runtime.generation.sampling import SamplingConfig
+from img2music.runtime.pipeline.encodec_choice import FLOAT32_FRONT, choose_front, known_front
 from img2music.runtime.pipeline.encodec_stream import ChannelStreamDecoder, EncodecStreamDecoder, onnx_stream_functions
+from img2music.runtime.pipeline.host_cache import HostCache, for_bundle
 from img2music.runtime.pipeline.music_stream import MusicStream
 from img2music.runtime.pipeline.preprocess import ImageLike, preprocess_images
 from img2music.runtime.pipeline.result import GenerationResult
@@ -58,11 +64,19 @@ class OnnxPipeline:
         self.directives = model.conditioning.directives
 
     def _open(self) -> None:
-        sessions = open_sessions(self.bundle, self.options)
+        o = self.options
+        has_int8 = ENCODEC_FRONT_INT8 in self.bundle.manifest.graphs and o.provider == "cpu"
+        known = known_front(o.encodec, self.host_cache if o.encodec == "auto" else None, o.encodec_chunk, has_int8)
+        skip = tuple(g for g in (FLOAT32_FRONT, ENCODEC_FRONT_INT8) if known is not None and g != known)
+        sessions = open_sessions(self.bundle, self.options, skip=skip + (TEXT_GRAPH,))  # T5: on first use
         self.sessions = sessions.graphs
         self.decoder = sessions.decoder
+        self.encodec_front, self.encodec_choice = choose_front(
+            self.sessions, self.bundle.model, o.encodec, self.host_cache if o.encodec == "auto" else None,
+            o.encodec_chunk)
+        """The streaming EnCodec front in use, and what decided it (``runtime.pipeline.encodec_choice``)."""
         text = self.bundle.model.text
-        self.text = None if text is None else TextEncoder(self.sessions["t5_encoder"],
+        self.text = None if text is None else TextEncoder(partial(open_session, self.bundle, TEXT_GRAPH, o),
                                                           self.bundle.root / text.tokenizer_file, text)
 
     def set_spinning(self, spinning: bool) -> None:
@@ -75,12 +89,27 @@ class OnnxPipeline:
 
     @classmethod
     def load(cls, root: str | os.PathLike, threads: int | None = None, verify_hashes: bool = True,
-             provider: str = "cpu", spinning: bool = True, cuda_graph: bool = True) -> "OnnxPipeline":
+             provider: str = "cpu", spinning: bool = True, cuda_graph: bool = True, encodec: str = "float32",
+             encodec_chunk: int = 25) -> "OnnxPipeline":
         """``provider``: cpu, cuda or tensorrt (``runtime.backends.providers`` says what each runs and
         refuses). ``spinning=False`` when other threads compute at the same time;
-        ``cuda_graph=False`` runs a GPU decoder step without graph replay."""
-        options = SessionOptions(provider=provider, threads=threads, spinning=spinning, cuda_graph=cuda_graph)
-        return cls(load_bundle(root, verify_hashes=verify_hashes), options)
+        ``cuda_graph=False`` runs a GPU decoder step without graph replay; ``encodec``: float32,
+        int8 or auto (``runtime.pipeline.encodec_choice``), auto measuring at ``encodec_chunk`` frames."""
+        options = SessionOptions(provider=provider, threads=threads, spinning=spinning, cuda_graph=cuda_graph,
+                                 encodec=encodec, encodec_chunk=encodec_chunk)
+        bundle = load_bundle(root, verify_hashes=False)  # sizes now; hashes beside the sessions' creation
+        if not verify_hashes:
+            return cls(bundle, options)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-bundle") as pool:
+            verified = pool.submit(verify_files, bundle.root, bundle.manifest)
+            pipeline = cls(bundle, options)
+            verified.result()  # a corrupt file is refused here, before anything plays
+        return pipeline
+
+    @cached_property
+    def host_cache(self) -> HostCache:
+        """What this host measured on this bundle with these threads (``runtime.pipeline.host_cache``)."""
+        return for_bundle(self.bundle, self.options.threads or default_threads(), self.options.provider)
 
     @property
     def sample_rate(self) -> int:
@@ -142,7 +171,7 @@ class OnnxPipeline:
         """A fresh exact streaming EnCodec decoder for ``batch`` streams: (B, K, T) codes in,
         (B, samples) audio out, or (B, samples, 2) for a stereo bundle (each channel decoded apart)."""
         s, channels = self.bundle.model.encodec_stream, self.channels
-        front, back = onnx_stream_functions(self.sessions["encodec_stream_front"], self.sessions["encodec_stream_back"])
+        front, back = onnx_stream_functions(self.sessions[self.encodec_front], self.sessions["encodec_stream_back"])
         decoder = EncodecStreamDecoder(front, back, (s.lstm_layers, batch * channels, s.lstm_channels),
                                        self.bundle.model.audio.hop_length)
         return decoder if channels == 1 else ChannelStreamDecoder(decoder, channels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,12 @@ def check_prompt(prompt) -> str:
 
 
 class TextEncoder:
-    """A bundle's T5 encoder session and tokenizer."""
+    """A bundle's T5 encoder session and tokenizer. ``session`` may be a function that opens it:
+    then it is opened on the first encoding (a live run without a prompt never pays for T5)."""
 
     def __init__(self, session, tokenizer_path: str | Path, config: TextConfig) -> None:
-        self.session, self.config = session, config
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        self._session, self.config = session, config
+        self._tokenizer_path = tokenizer_path
         self._kept: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def token_ids(self, prompt: str) -> np.ndarray:
@@ -66,6 +68,22 @@ class TextEncoder:
                                  f"{self.config.max_tokens}: shorten it (it is refused rather than cut, so the music "
                                  "never follows half a sentence)")
         return np.asarray(ids, dtype=np.int64)
+
+    @cached_property
+    def tokenizer(self):
+        """The bundle's T5 tokenizer, loaded on first use (not every live run has a prompt)."""
+        return load_tokenizer(self._tokenizer_path)
+
+    @property
+    def session(self):
+        """The T5 encoder's onnxruntime session (opened now if it was not yet)."""
+        if callable(self._session) and not hasattr(self._session, "run"):
+            self._session = self._session()
+        return self._session
+
+    @session.setter
+    def session(self, value) -> None:
+        self._session = value
 
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """Prompt -> T5 hidden states (1, T, D_t5) float32 and mask (1, T) int64."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from img2music.basics.errors import Img2MusicError, require
 from img2music.runtime.backends.providers import PROVIDERS
 from img2music.runtime.loop.config import EngineConfig, SourceConfig
+from img2music.runtime.pipeline.encodec_choice import CHOICES
 
 MIN_TOKEN_CHARS = 16
 
@@ -39,12 +40,16 @@ class BackendConfig:
     """CPU threads for onnxruntime (None: every core this process may use)."""
     cuda_graph: bool = True
     """GPU: replay the decoder step as a CUDA graph."""
+    encodec: str = "auto"
+    """The streaming EnCodec front: auto (the faster here of float32 and the int8-LSTM variant,
+    measured once per host and bundle), float32 or int8 (``runtime.pipeline.encodec_choice``)."""
 
     def __post_init__(self) -> None:
         require(Path(self.engines).is_dir(), f"engine bundle not found: {self.engines}")
         require(self.provider in PROVIDERS, f"unknown provider {self.provider!r}; choose one of {', '.join(PROVIDERS)}")
         require(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
                f"--threads must be a whole number >= 1, got {self.threads!r}")
+        require(self.encodec in CHOICES, f"--encodec must be one of {', '.join(CHOICES)}, got {self.encodec!r}")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ class LiveSession:
         # music with spinning off, 1.00-1.02x with it on. With plenty of headroom the engine
         # turns it off again after measuring (loop.budget.SPIN_BELOW): idle spinning burns cores.
         self.pipeline = OnnxPipeline.load(b.engines, threads=b.threads, spinning=True, provider=b.provider,
-                                          cuda_graph=b.cuda_graph)
+                                          cuda_graph=b.cuda_graph, encodec=b.encodec,
+                                          encodec_chunk=c.engine.chunk_frames)
         if c.engine.prompt is not None:  # a bad prompt or a bundle without text: one error now, not per frame
             self.pipeline.encode_text(c.engine.prompt)
         self.rate = o.rate or (self.pipeline.sample_rate if o.no_audio else device_rate(o.device))
@@ -67,7 +68,8 @@ class LiveSession:
         self.recorder = LiveRecording(o.record, self.rate, max_bytes=int(o.record_max_mb * 2**20),
                                       channels=channels) if o.record else None
         self.playout = Playout(ring, self.rate, target=c.engine.buffer_seconds, low_water=c.engine.low_water,
-                               recorder=self.recorder, stall_seconds=c.engine.stall_seconds)
+                               recorder=self.recorder, stall_seconds=c.engine.stall_seconds,
+                               preroll=c.engine.preroll_seconds)
         self.watch = ThreadWatch(stuck_after=c.engine.thread_stuck_seconds)
         self.step_latency = _step_latency() if c.servers.http else None
         self.engine = LiveEngine(

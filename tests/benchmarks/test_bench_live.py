@@ -53,3 +53,15 @@ def test_soak_reports_the_ladder_and_memory(tiny_bundle, tmp_path, capsys):
     # changes out of noise
     assert 1 <= r["scene_changes"] <= 4
     assert "recoveries" in capsys.readouterr().out
+
+
+def test_latency_runs_whole_on_tiny(tiny_bundle, tmp_path, capsys):
+    """bench_live.py latency, the whole command (its transition costs crashed once on the
+    (conditioning, mask, weight) triples the blend takes)."""
+    out = tmp_path / "latency.json"
+    assert bench_live.main(["latency", "--engines", str(tiny_bundle), "--switches", "2", "--switch-every", "3",
+                            "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["results"][0]
+    assert r["detected"] >= 1 and r["latency_median_s"] > 0
+    assert r["blend_step_ms"] > 0 and r["reprime_step_ms"] > 0
+    assert "scene change -> first changed sample out" in capsys.readouterr().out

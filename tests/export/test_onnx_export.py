@@ -15,11 +15,14 @@ from tests.conftest import max_abs
 def test_build_validates_every_graph(tiny_bundle):
     validation = load_bundle(tiny_bundle).manifest.provenance.validation
     checked = {c["graph"] for c in validation}
-    # + the stream-vs-full-decode SNR check, the text encoder and its tokenizer (ids vs transformers)
-    assert checked == set(RUNTIME_GRAPHS) | {"encodec_stream", "t5_encoder", "tokenizer"}
+    # + the stream-vs-full-decode SNR checks (float32 and int8-LSTM fronts), the text encoder and its
+    # tokenizer (ids vs transformers)
+    assert checked == set(RUNTIME_GRAPHS) | {"encodec_stream", "encodec_stream_int8_lstm", "t5_encoder", "tokenizer"}
     for c in validation:
         if c["graph"] == "encodec_stream":
             assert c["max_abs_diff"] == 0.0 and float(c["detail"].split()[1]) >= 90.0, c  # SNR in dB
+        elif c["graph"] == "encodec_stream_int8_lstm":
+            assert c["max_abs_diff"] == 0.0 and float(c["detail"].split()[1]) >= 60.0, c
         elif c["graph"] == "tokenizer":
             assert c["max_abs_diff"] == 0.0 and c["detail"] == "8 of 8 prompts tokenized identically", c
         else:
@@ -37,8 +40,9 @@ def test_manifest_describes_the_bundle(tiny_bundle, tiny_models):
     assert all(len(f.sha256) == 64 and f.bytes > 0 for f in m.files.values())
     assert {g.opset for g in m.graphs.values()} == {17}
     assert "onnxruntime" in m.provenance.tools and "transformers" in m.provenance.tools
-    # EnCodec once (the streaming graphs serve every path); T5 for text prompts
-    assert set(m.graphs) == set(RUNTIME_GRAPHS) | {"t5_encoder"}
+    # EnCodec once (the streaming graphs serve every path, the front also with an int8 LSTM); T5 for prompts
+    assert set(m.graphs) == set(RUNTIME_GRAPHS) | {"t5_encoder", "encodec_stream_front_int8"}
+    assert m.graphs["encodec_stream_front_int8"].precision == "int8"
     assert m.model.text is not None and m.model.text.tokenizer_file in m.files
 
 

@@ -87,3 +87,68 @@ def test_a_shorter_window_applies_at_the_next_step(tiny_onnx, tiny_pipeline):
     np.testing.assert_array_equal(gen.frames[:, :, :50], first[:, :, 150:200])
     gen.next_frames(200, sampling)
     assert gen.reprimes == 3  # windows of 150 frames from now on: 100 new frames each
+
+
+# -- costs kept per host and bundle ------------------------------------------------------------
+def test_the_host_cache_keeps_measurements_per_key(tmp_path, caplog):
+    from img2music.runtime.pipeline.host_cache import HostCache
+
+    path = tmp_path / "host.json"
+    a = HostCache({"bundle": "b1", "threads": 2}, path)
+    assert a.get("costs@25") is None
+    a.put("costs@25", {"x": 1})
+    assert HostCache({"bundle": "b1", "threads": 2}, path).get("costs@25") == {"x": 1}
+    assert HostCache({"bundle": "b1", "threads": 4}, path).get("costs@25") is None  # another thread count
+    assert HostCache({"bundle": "b2", "threads": 2}, path).get("costs@25") is None  # another bundle
+    path.write_text("{half a file")
+    assert a.get("costs@25") is None  # unreadable: measured again
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if (ro / "probe").exists() or __import__("os").access(ro, __import__("os").W_OK):
+            pytest.skip("running as a user who can write anywhere (root): a read-only cache is not reachable")
+        HostCache({"k": 1}, ro / "sub" / "host.json").put("x", {"y": 2})  # a warning, nothing else
+        assert "measured again at each start" in caplog.text
+    finally:
+        ro.chmod(0o700)
+
+
+def test_two_start_ups_choose_the_same_window_and_the_running_budget_is_remembered(tiny_bundle, tmp_path,
+                                                                                    monkeypatch):
+    from img2music.runtime import OnnxPipeline
+    from img2music.runtime.loop.budget import start_window
+
+    monkeypatch.setenv("IMG2MUSIC_CACHE_DIR", str(tmp_path))
+    first = OnnxPipeline.load(tiny_bundle, threads=2)
+    cond = first.condition(None, prompt="slow warm piano")
+    window, _, costs, budget, source = start_window(first, cond.conditioning, cond.mask, SamplingConfig(), None, 25)
+    assert source == "measured" and costs.encodec_per_second_ms > 0 and costs.step_base_ms > 0
+    again = OnnxPipeline.load(tiny_bundle, threads=2)
+    window2, _, costs2, _, source2 = start_window(again, cond.conditioning, cond.mask, SamplingConfig(), None, 25)
+    assert source2 == "kept" and window2 == window and costs2.to_dict() == costs.to_dict()
+    budget.remember(costs.scaled(40.0))  # what a re-choice under a 40x slowdown keeps
+    third = OnnxPipeline.load(tiny_bundle, threads=2)
+    window3, rtf3, costs3, _, _ = start_window(third, cond.conditioning, cond.mask, SamplingConfig(), None, 25)
+    assert costs3.step_base_ms == pytest.approx(costs.step_base_ms * 40, rel=1e-3)
+    assert window3.window_frames <= window.window_frames and rtf3 > 0
+    other = OnnxPipeline.load(tiny_bundle, threads=1)  # another thread count: measured again
+    assert start_window(other, cond.conditioning, cond.mask, SamplingConfig(), None, 25)[4] == "measured"
+
+
+def test_encodec_auto_measures_both_fronts_once_and_float32_is_the_default(tiny_bundle, tmp_path, monkeypatch):
+    from img2music.basics.errors import Img2MusicError
+    from img2music.runtime import OnnxPipeline
+
+    monkeypatch.setenv("IMG2MUSIC_CACHE_DIR", str(tmp_path))
+    assert OnnxPipeline.load(tiny_bundle, threads=2).encodec_front == "encodec_stream_front"
+    auto = OnnxPipeline.load(tiny_bundle, threads=2, encodec="auto")
+    measured = auto.encodec_choice
+    assert measured["why"] == "measured" and measured["int8_ms_per_s"] > 0 and measured["float32_ms_per_s"] > 0
+    faster = "int8" if measured["int8_ms_per_s"] < measured["float32_ms_per_s"] else "float32"
+    assert measured["front"] == faster
+    again = OnnxPipeline.load(tiny_bundle, threads=2, encodec="auto").encodec_choice
+    assert again["why"] == "cached" and again["front"] == faster
+    assert OnnxPipeline.load(tiny_bundle, threads=2, encodec="int8").encodec_front == "encodec_stream_front_int8"
+    with pytest.raises(Img2MusicError, match="unknown EnCodec choice"):
+        OnnxPipeline.load(tiny_bundle, threads=2, encodec="fast")

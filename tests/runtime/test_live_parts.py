@@ -287,3 +287,38 @@ def test_session_configs_check_themselves_once_and_are_frozen(tmp_path):
     config = LiveSessionConfig(BackendConfig(str(tmp_path)), SourceConfig(synthetic=True))
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.engine.sampling = None
+
+
+def test_the_sound_starts_after_the_preroll_and_the_target_ramps_up():
+    """A short pre-roll (the first audio sooner), then the ladder's target grows to the buffer at
+    TARGET_RAMP seconds per second: never tripping the ladder while the generator fills it."""
+    from img2music.runtime.audio.playout import TARGET_RAMP, Playout
+
+    clock = FakeClock()
+    ring = RingBuffer(48000 * 4)
+    playout = Playout(ring, 1000, target=2.0, preroll=0.5, clock=clock)
+    playout.submit(np.ones(400, np.float32))
+    playout.feed()
+    assert ring.available() == 0  # 0.4 s queued: not yet
+    playout.submit(np.ones(200, np.float32))
+    playout.feed()
+    assert ring.available() > 0 and playout.target_now() == 0.5
+    clock.now += 2.0
+    assert playout.target_now() == pytest.approx(0.5 + 2.0 * TARGET_RAMP)
+    clock.now += 100.0
+    assert playout.target_now() == 2.0
+    assert Playout(RingBuffer(100), 1000, target=1.0).preroll == 1.0  # no pre-roll given: the whole target
+
+
+def test_the_first_chunk_is_the_preroll():
+    from types import SimpleNamespace
+
+    from img2music.runtime.loop.engine import LiveEngine
+    from img2music.runtime.pipeline.encodec_stream import LOOKAHEAD_FRAMES
+
+    engine = SimpleNamespace(frames_done=0, playout=SimpleNamespace(level=0),
+                             pipeline=SimpleNamespace(frame_rate=50),
+                             config=SimpleNamespace(chunk_frames=25, preroll_seconds=0.5, buffer_seconds=1.0))
+    assert LiveEngine._chunk(engine) == 25 + LOOKAHEAD_FRAMES
+    engine.frames_done = 29
+    assert LiveEngine._chunk(engine) == 25
