@@ -15,6 +15,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: all held open while picking (closed one by one, the
+    kernel may hand the same port out twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 class MJPEGServer:
     """``http://127.0.0.1:PORT/stream.mjpg``: multipart JPEG frames at ``fps``; stop() and
     start() again on the same port (a camera that goes down and comes back)."""

@@ -115,7 +115,7 @@ class BundleManifest:
         graphs = data.get("graphs")
         if not isinstance(graphs, dict):
             raise ManifestError("'graphs' is missing or not an object")
-        return cls(
+        manifest = cls(
             schema_version=_convert(int, data.get("schema_version"), "schema_version"),
             precision=_convert(str, data.get("precision", "fp32"), "precision"),
             model=parse(ModelConfig, model, ""),
@@ -124,6 +124,14 @@ class BundleManifest:
             files=_convert(dict[str, FileEntry], data.get("files"), "files"),
             provenance=parse(Provenance, provenance, ""),
         )
+        names = [(n, "files") for n in manifest.files] + [(g.file, f"graphs.{k}.file") for k, g in manifest.graphs.items()]
+        if manifest.kv_cache.scales_file:
+            names.append((manifest.kv_cache.scales_file, "kv_cache.scales_file"))
+        if manifest.model.text is not None:
+            names.append((manifest.model.text.tokenizer_file, "text.tokenizer_file"))
+        for name, where in names:
+            _check_file_name(name, where)
+        return manifest
 
     def to_dict(self) -> dict:
         """The JSON layout (flat, as schema 1 had it)."""
@@ -134,6 +142,12 @@ class BundleManifest:
         out.update({k: v for k, v in _plain(self.provenance).items() if v is not None})
         out["files"] = {name: _plain(f) for name, f in self.files.items()}
         return out
+
+
+def _check_file_name(name: str, where: str) -> None:
+    """A bundle's files sit in its folder: a plain name, never a path (``../``, ``/etc/...``)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ManifestError(f"{where}: {name[:80]!r} is not a file name inside the bundle")
 
 
 def _plain(obj) -> Any:

@@ -30,6 +30,7 @@ from typing import Sequence
 
 from img2music.basics.cli_help import DefaultsHelpFormatter
 from img2music.basics.errors import run_cli, setup_logging
+from img2music.basics.malloc_arenas import limit_malloc_arenas
 from img2music.runtime import (
     BackendConfig,
     EngineConfig,
@@ -119,8 +120,16 @@ def _output_arguments(out) -> None:
                      help="two-way control over a WebSocket: status once a second, control requests as JSON "
                           "(the same token rule as --http); a bare port binds 127.0.0.1 (default: off)")
     out.add_argument("--http-token-file", default=None, metavar="PATH",
-                     help="file holding the token POST /control must carry (Authorization: Bearer TOKEN); "
-                          "required for control on a non-loopback --http/--ws address (default: none)")
+                     help="file holding the token control requests must carry (Authorization: Bearer TOKEN or "
+                          "?token=); with it, loopback needs it too; required off loopback, where reads need it "
+                          "as well (default: none: control from this machine only)")
+    out.add_argument("--http-allow-host", action="append", default=[], metavar="NAME",
+                     help="a host name the servers answer to beyond their address, localhost and IP literals "
+                          "(repeat; default: none; other names are refused, against DNS rebinding)")
+    out.add_argument("--http-public-metrics", action="store_true",
+                     help="off loopback: serve /metrics, /healthz and /readyz without the token (all else needs it)")
+    out.add_argument("--reload-dir", default=None, metavar="DIR",
+                     help="bundles may be reloaded from this folder only (default: the folder of --engines)")
 
 
 def _engine_arguments(lv) -> None:
@@ -184,7 +193,9 @@ def config_from_args(args: argparse.Namespace) -> LiveSessionConfig:
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
     output = OutputConfig(no_audio=args.no_audio, device=device, rate=args.rate, record=args.record,
                           record_max_mb=args.record_max_mb, metrics=args.metrics, metrics_max_mb=args.metrics_max_mb)
-    servers = ServerConfig(http=args.http, osc=args.osc, ws=args.ws, token_file=args.http_token_file)
+    servers = ServerConfig(http=args.http, osc=args.osc, ws=args.ws, token_file=args.http_token_file,
+                           allow_hosts=tuple(args.http_allow_host), public_metrics=args.http_public_metrics,
+                           reload_dir=args.reload_dir)
     backend = BackendConfig(args.engines, provider=args.provider, threads=args.threads, cuda_graph=args.cuda_graph,
                             encodec=args.encodec)
     return LiveSessionConfig(backend=backend, source=source, engine=engine, output=output, servers=servers)
@@ -201,6 +212,7 @@ def cli() -> None:
     """Console-script entry point (img2music-live)."""
     from img2music.runtime.audio import native_stderr
 
+    limit_malloc_arenas()  # before any thread: reloads must not grow the process (basics.malloc_arenas)
     native_stderr.install()  # PortAudio/ALSA's raw lines become -v log lines (not in-process callers' fd 2)
     code = run_cli(main)
     if any(t.name == "source-reader" and t.is_alive() for t in threading.enumerate()):

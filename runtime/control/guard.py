@@ -16,8 +16,12 @@ request is assumed hostile until it proves otherwise:
   refuses to start, unless ``--http-public-metrics`` opens ``/metrics``, ``/healthz`` and
   ``/readyz`` alone; off loopback, reads other than those (the status page, camera frames,
   ``/events``, ``GET /control``) need the token too.
-- **Costs**: refused requests are logged at most once per second per client, and every
-  user-given text in a log line is escaped (:func:`loggable`).
+- **Costs**: each client (an address; all of loopback one client, an IPv6 /64 one) is paced (:class:`ClientPace`): past a burst, its requests
+  wait their turn at a steady rate, and past a few seconds of waiting they are dropped
+  unanswered, so a flood of even the cheapest request cannot take the CPU (and Python's
+  interpreter lock) from the thread that makes the music. Refused requests are logged at most
+  once per second per client, and every user-given text in a log line is escaped
+  (:func:`loggable`).
 """
 
 from __future__ import annotations
@@ -55,13 +59,32 @@ def _is_ip(host: str) -> bool:
 
 
 def split_host(header: str | None) -> str | None:
-    """The host part of a ``Host`` header (``name:port``, ``[v6]:port``), lower case."""
-    if not header:
+    """The host part of a ``Host`` header (``name:port``, ``[v6]:port``), lower case, without a
+    trailing dot; ``""`` for one that names no host (empty, an unclosed bracket)."""
+    if header is None:
         return None
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:header.index("]")] if "]" in header else None
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+        return header[1:header.index("]")] if "]" in header else ""
+    name = header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    return name[:-1] if name.endswith(".") and not _is_ip(name[:-1] or "x") else name
+
+
+def client_key(address: str) -> str:
+    """Whose budget a request comes out of: an IPv4 address; every loopback address is one client
+    (a local program can send from any of 127/8); an IPv6 address by its /64 (what one host on a
+    LAN is given)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class Guard:
@@ -74,23 +97,31 @@ class Guard:
         self.public_metrics = public_metrics
         self.hosts = {h.lower() for h in (host, "localhost", *allow_hosts)}
         self.clock = clock
-        self.refused = 0
-        """Requests refused by this policy (metrics)."""
         self._lock = threading.Lock()
         self._logged: dict[str, float] = {}
 
     def host_ok(self, header: str | None) -> bool:
-        """The ``Host`` header names this server (no header: an HTTP/1.0 client, a program)."""
+        """The ``Host`` header names this server (no header: an HTTP/1.0 client, a program; a
+        browser always sends one)."""
         name = split_host(header)
-        return name is None or name in self.hosts or _is_ip(name)
+        return name is None or name in self.hosts or (bool(name) and _is_ip(name))
 
     def origin_ok(self, origin: str | None, host_header: str | None) -> bool:
         """No Origin (not a browser), or the page this server itself served (same host and port)."""
         if origin is None:
             return True
-        parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and bool(host_header) and parts.netloc.lower() == \
-            host_header.strip().lower()
+        try:
+            parts = urlsplit(origin)
+            netloc = parts.netloc.lower()
+        except ValueError:  # "http://[::1" and the like: no origin of ours
+            return False
+        return parts.scheme in ("http", "https") and bool(host_header) and netloc == host_header.strip().lower()
+
+    def origin_host_ok(self, host: str | None, host_header: str | None) -> bool:
+        """An Origin's host for a page served by a sibling server of this run (another port): a
+        name this server answers to or the host the request itself names, never any IP literal
+        (a page served from any address would pass)."""
+        return bool(host) and (host in self.hosts or host == split_host(host_header))
 
     def token_given(self, headers, path: str) -> str | None:
         return bearer(headers.get("Authorization")) or (parse_qs(urlsplit(path).query).get("token") or [None])[0]
@@ -110,10 +141,9 @@ class Guard:
         return 401, "this read needs the token off loopback (Authorization: Bearer TOKEN or ?token=)"
 
     def note_refusal(self, client: str, why: str) -> None:
-        """Count a refusal and log it, at most once per second per client."""
+        """Log a refusal, at most once per second per client (the servers count them)."""
         now = self.clock()
         with self._lock:
-            self.refused += 1
             last = self._logged.get(client)
             if last is not None and now - last < LOG_EVERY:
                 return
@@ -126,22 +156,59 @@ class Guard:
 
 class ConnectionSlots:
     """At most ``limit`` at once of one kind of client (connections, event streams, WebSocket
-    clients); the refusals are counted."""
+    clients), and at most ``per_client`` of them from one client (:func:`client_key`), so one
+    peer cannot hold them all; the server that takes a slot counts its refusals."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, per_client: int | None = None) -> None:
+        self.limit, self.per_client = limit, per_client or limit
         self.active = 0
-        self.refused = 0
+        self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
+    def take(self, client: str = "") -> bool:
+        key = client_key(client)
         with self._lock:
-            if self.active >= self.limit:
-                self.refused += 1
+            if self.active >= self.limit or self._held.get(key, 0) >= self.per_client:
                 return False
             self.active += 1
+            self._held[key] = self._held.get(key, 0) + 1
             return True
 
-    def give(self) -> None:
+    def give(self, client: str = "") -> None:
+        key = client_key(client)
         with self._lock:
             self.active -= 1
+            self._held[key] -= 1
+            if not self._held[key]:
+                del self._held[key]
+
+
+class ClientPace:
+    """Requests per client at most ``rate`` a second after a ``burst`` (the generic cell rate
+    algorithm: one "next turn" time per client, no timers). :meth:`admit` says how long a request
+    waits for its turn, or None when it would wait over ``max_wait`` (drop it). The status page
+    asks about twice a second and a Prometheus scrape every few seconds: far inside the pace."""
+
+    def __init__(self, rate: float, burst: int, max_wait: float = 2.0, clock=time.monotonic) -> None:
+        self.interval, self.tolerance = 1.0 / rate, (burst - 1) / rate  # the burst-th waits no turn
+        self.max_wait, self.clock = max_wait, clock
+        self._turn: dict[str, float] = {}
+        self._prune_at = 1024
+        self._lock = threading.Lock()
+
+    def admit(self, client: str, queue: bool = True) -> float | None:
+        """Seconds this request of ``client`` (an address: :func:`client_key` says whose budget)
+        waits for its turn (0: none), or None: drop it (it would wait over ``max_wait``, or at all
+        with ``queue=False``, for datagrams that cannot wait)."""
+        key, now = client_key(client), self.clock()
+        with self._lock:
+            turn = max(self._turn.get(key, now), now)
+            wait = turn - self.tolerance - now
+            wait = 0.0 if wait < 1e-6 else wait  # float sums of the interval: 3 * 0.05 - 0.15 > 0
+            if wait > (self.max_wait if queue else 0.0):
+                return None
+            self._turn[key] = turn + self.interval
+            if len(self._turn) > self._prune_at:  # many clients: forget those whose turn has come
+                self._turn = {c: t for c, t in self._turn.items() if t > now}
+                self._prune_at = max(1024, 2 * len(self._turn))  # amortized: not a rebuild per request
+            return wait

@@ -18,8 +18,11 @@ the order they arrive).
 | ``/img2music/prompt_clear`` | none | back to the image alone |
 
 OSC has no authentication: the server binds 127.0.0.1 unless a host is given, and anyone
-who can send it UDP packets can change the music. A message that is refused (unknown
-address, wrong argument) is logged once per address and changes nothing. Addresses without
+who can send it UDP packets can change the music. A message that is refused (unknown or
+over-long address, wrong argument) changes nothing and is logged at most once a second per
+sender, its address escaped and cut (an address is never kept: 8 kB addresses, all different,
+once grew the process by 56 MB). Past :data:`RATE` messages a second from one sender (after a
+burst as long), datagrams are dropped before they are parsed. Addresses without
 an argument ignore any they are sent (a button's press and release both trigger them;
 pause and resume are harmless twice).
 """
@@ -27,13 +30,21 @@ pause and resume are harmless twice).
 from __future__ import annotations
 
 import logging
+import socket
+import sys
+from collections import Counter
 
 from img2music.basics.background import BackgroundThread
 from img2music.basics.errors import Img2MusicError
+from img2music.runtime.control.guard import ClientPace, Guard, loggable
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/img2music/"
+RATE = 200.0
+"""Messages a second per sender (and the burst): a desk's faders send tens."""
+MAX_ADDRESS = 64
+"""Longest address looked at (the longest known is 26 characters)."""
 NULL = object()
 """A route's value meaning JSON null (clear the field)."""
 ADDRESSES = {  # address after the prefix -> (control field, its value; None: the message's one argument)
@@ -44,10 +55,26 @@ ADDRESSES = {  # address after the prefix -> (control field, its value; None: th
 }
 
 
+def short_addresses(data: bytes, depth: int = 0) -> bool:
+    """Every address in an OSC datagram (a message, or a bundle of them) is at most
+    :data:`MAX_ADDRESS` bytes, read from the raw bytes: python-osc's dispatcher compiles each
+    address it is sent into a regular expression (kept in ``re``'s cache: 512 of 8 kB addresses
+    held ~28 MB), so a long one is dropped before it is parsed."""
+    if data.startswith(b"#bundle\0"):
+        at = 16  # "#bundle\0" and the 8-byte time tag
+        while at + 4 <= len(data) and depth < 4:
+            size = int.from_bytes(data[at:at + 4], "big")
+            if not short_addresses(data[at + 4:at + 4 + size], depth + 1):
+                return False
+            at += 4 + size
+        return depth < 4
+    return 0 < data.find(b"\0", 0, MAX_ADDRESS + 1)
+
+
 class LiveOscServer:
     """Messages -> ``runtime.control.dispatcher.LiveControl.submit``; a daemon thread."""
 
-    def __init__(self, control, host: str, port: int) -> None:
+    def __init__(self, control, host: str, port: int, refusals: Counter | None = None) -> None:
         try:
             from pythonosc.dispatcher import Dispatcher
             from pythonosc.osc_server import BlockingOSCUDPServer
@@ -55,14 +82,34 @@ class LiveOscServer:
             raise Img2MusicError("--osc needs python-osc: pip install 'img2music[live]'") from None
         self.control = control
         self.received = 0
-        self.refused = 0
-        self._warned: set[str] = set()
+        self.refusals = refusals if refusals is not None else Counter()
+        """Refused messages (``osc``), shared with the run's HTTP server's metrics."""
+        self.guard = Guard(host, port, None)  # for its rate-limited refusal log
+        pace = self.pace = ClientPace(RATE, int(RATE))
+        refusals, guard = self.refusals, self.guard
+
+        class PacedServer(BlockingOSCUDPServer):
+            def verify_request(self, request, client_address) -> bool:  # before the datagram is parsed
+                if pace.admit(client_address[0], queue=False) is None:
+                    refusals["osc_pace"] += 1
+                    return False
+                if not short_addresses(request[0]):
+                    refusals["osc"] += 1
+                    return False
+                return True
+
+            def handle_error(self, request, client_address) -> None:  # not socketserver's traceback
+                refusals["osc"] += 1
+                guard.note_refusal(f"osc {client_address[0]}", f"the datagram failed: {sys.exc_info()[1]!r}")
+
         dispatcher = Dispatcher()
-        dispatcher.set_default_handler(self._handle)
+        dispatcher.set_default_handler(self._handle, needs_reply_address=True)
         try:
             # one thread, not a thread per datagram: a pause then a resume must apply in that
-            # order, and handling a message only queues it for the compute thread
-            self.server = BlockingOSCUDPServer((host, port), dispatcher)
+            # order. Handling a message queues it for the compute thread; a new prompt's T5 and a
+            # bundle's manifest are the exceptions, run here (a second at most, once a second at
+            # most), and datagrams arriving meanwhile wait in the socket's buffer
+            self.server = PacedServer((host, port), dispatcher, family=socket.AF_INET6 if ":" in host else None)
         except OSError as exc:
             raise Img2MusicError(f"--osc: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self.server.server_address[:2]
@@ -73,11 +120,13 @@ class LiveOscServer:
         log.warning("OSC control on udp://%s:%d (%s*)", *self.address, PREFIX)
         return self
 
-    def _handle(self, address: str, *args) -> None:
+    def _handle(self, sender, address: str, *args) -> None:
         from img2music.runtime.control.requests import ControlError
 
         self.received += 1
-        route = ADDRESSES.get(address[len(PREFIX):]) if address.startswith(PREFIX) else None
+        route = None
+        if len(address) <= MAX_ADDRESS and address.startswith(PREFIX):
+            route = ADDRESSES.get(address[len(PREFIX):])
         try:
             if route is None:
                 raise ControlError(f"unknown address; known: {', '.join(PREFIX + a for a in ADDRESSES)}")
@@ -91,11 +140,9 @@ class LiveOscServer:
             else:
                 body = {name: args[0]}
             self.control.submit(body, source="osc")
-        except ControlError as exc:
-            self.refused += 1
-            if address not in self._warned:  # a desk sending a wrong fader 30 times a second: one line
-                self._warned.add(address)
-                log.warning("OSC %s refused: %s", address, exc)
+        except ControlError as exc:  # a desk sending a wrong fader 30 times a second: a line a second
+            self.refusals["osc"] += 1
+            self.guard.note_refusal(f"osc {sender[0]}", f"{loggable(address, 80)}: {exc}")
 
     def close(self) -> None:
         self.background.stop()

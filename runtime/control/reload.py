@@ -20,6 +20,7 @@ from pathlib import Path
 
 from img2music.basics.errors import Img2MusicError
 from img2music.runtime.bundle.loading import load_bundle
+from img2music.runtime.control.guard import loggable
 from img2music.runtime.control.requests import ControlError
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,13 @@ def incompatibility(running, candidate, window_frames: int) -> str | None:
 class BundleReloader:
     """One reload at a time: ``idle`` -> ``loading`` -> ``ready`` -> swapped (``idle``), or ``failed``."""
 
-    def __init__(self, engine, load=None) -> None:
+    def __init__(self, engine, load=None, root: str | None = None) -> None:
         self.engine = engine
         self.load = load or _load_like
         """(path, running pipeline) -> a new pipeline (tests replace it)."""
+        self.root = None if root is None else Path(root).resolve()
+        """Bundles are reloaded from inside this folder only (None: anywhere, for tests of the
+        reload alone; a live session always gives one)."""
         self.state = "idle"
         self.path: str | None = None
         """The bundle being loaded, or the last one tried."""
@@ -60,11 +64,13 @@ class BundleReloader:
 
     def reserve(self, path: str) -> str:
         """In the requester's thread: check ``path`` and claim the one reload slot; returns the
-        absolute path. Raises ``runtime.control.requests.ControlError`` (400 bad path, 409 busy or
-        incompatible)."""
+        absolute path. Raises ``runtime.control.requests.ControlError`` (400 bad path, 403 outside
+        the reload folder, 409 busy or incompatible)."""
         root = Path(path).expanduser()
+        if self.root is not None and self.root not in root.resolve().parents:
+            raise ControlError(f"bundle: reloads come from {self.root} only (--reload-dir)", status=403)
         if not root.is_dir():
-            raise ControlError(f"bundle: no such directory: {path}")
+            raise ControlError(f"bundle: no such directory: {loggable(path, 200)}")
         try:
             candidate = load_bundle(root, verify_hashes=False).model
         except Img2MusicError as exc:

@@ -9,6 +9,7 @@ scale when guidance was off, a scene without a frame) is checked by the dispatch
 from __future__ import annotations
 
 import hmac
+import json
 import math
 
 FIELDS = {  # name -> (type, low, high): numbers in range, strings by length; or the allowed words
@@ -61,8 +62,8 @@ def validate(body) -> dict:
         else:
             kind, low, high = rule
             # JSON true/false are ints to Python; 3.0 is a fine top_k, 3.5 is not
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    kind is int and float(value) != int(value)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                    kind is int and float(value) != int(value)):  # finite first: int(nan) raises
                 raise ControlError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
             if not low <= value <= high:
                 raise ControlError(f"{name} must be in [{low}, {high}], got {value}")
@@ -72,6 +73,59 @@ def validate(body) -> dict:
         if all(name in changes for name in group):
             raise ControlError(f"give one of {', '.join(group)} per request, not both")
     return changes
+
+
+MAX_DEPTH = 4
+MAX_INT_DIGITS = 20
+
+
+def parse_body(message):
+    """A request body (JSON text or bytes) -> its value, or :class:`ControlError` (400) for what
+    JSON allows and no request needs: NaN and Infinity, numbers past float (1e400) or 20 digits
+    (10**400 would overflow the checks), nesting deeper than :data:`MAX_DEPTH` (a 2000-deep body
+    exhausts the parser's recursion), text that is not UTF-8 or holds lone surrogates."""
+
+    def constant(name):
+        raise ControlError(f"not a finite number: {name}")
+
+    def integer(text):
+        if len(text.lstrip("-")) > MAX_INT_DIGITS:
+            raise ControlError(f"a number of {len(text)} digits is no setting")
+        return int(text)
+
+    def real(text):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ControlError(f"not a finite number: {text[:40]}")
+        return value
+
+    try:
+        value = json.loads(message, parse_constant=constant, parse_int=integer, parse_float=real)
+    except ControlError:
+        raise
+    except RecursionError:
+        raise ControlError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except (TypeError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ControlError(f"not JSON: {exc}") from None
+    _check_plain(value, 0)
+    return value
+
+
+def _check_plain(value, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ControlError(f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ControlError("text with a lone surrogate (\\ud800-\\udfff) is not text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, depth + 1)
+            _check_plain(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_plain(item, depth + 1)
 
 
 def refusal(expected: str | None, given: str | None, loopback: bool) -> tuple[int, str] | None:

@@ -5,7 +5,8 @@
 change it while playing. A change re-composes the current scene (its image tokens are
 kept) and goes through the same smooth transition as a scene change; a new scene from the
 camera gets the prompt in force. T5 runs once per new prompt (the pipeline keeps the last
-few encodings); a weight change alone costs no T5.
+few encodings), in the thread that sent it (``runtime.control.dispatcher``), so the compute
+thread finds it kept; a weight change alone costs no T5.
 """
 
 from __future__ import annotations

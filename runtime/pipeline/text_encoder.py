@@ -3,12 +3,15 @@
 The bundle's ``tokenizer.json`` (MusicGen's own T5 tokenizer, appending ``</s>``) and
 ``t5_encoder.onnx`` replace transformers' tokenizer and ``T5EncoderModel``; export-time
 validation checked both against them. A prompt is encoded once per change (and the last
-few are kept: a live performer toggling between prompts costs nothing twice).
+few are kept: a live performer toggling between prompts costs nothing twice). Thread-safe: a
+live run encodes a new prompt in the thread that asked for it, while the compute thread reads
+the kept encodings (``runtime.control.dispatcher``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +62,8 @@ class TextEncoder:
         self._session, self.config = session, config
         self._tokenizer_path = tokenizer_path
         self._kept: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        """Guards the kept encodings and the session's opening (never held while T5 runs)."""
 
     def token_ids(self, prompt: str) -> np.ndarray:
         """(T,) int64 ids, ``</s>`` included; a prompt over the limit is refused, not cut."""
@@ -77,9 +82,10 @@ class TextEncoder:
     @property
     def session(self):
         """The T5 encoder's onnxruntime session (opened now if it was not yet)."""
-        if callable(self._session) and not hasattr(self._session, "run"):
-            self._session = self._session()
-        return self._session
+        with self._lock:
+            if callable(self._session) and not hasattr(self._session, "run"):
+                self._session = self._session()
+            return self._session
 
     @session.setter
     def session(self, value) -> None:
@@ -88,14 +94,16 @@ class TextEncoder:
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """Prompt -> T5 hidden states (1, T, D_t5) float32 and mask (1, T) int64."""
         text = check_prompt(prompt)
-        if text in self._kept:
-            self._kept.move_to_end(text)
-            return self._kept[text]
+        with self._lock:
+            if text in self._kept:
+                self._kept.move_to_end(text)
+                return self._kept[text]
         ids = self.token_ids(text)[None]  # (1, T)
         mask = np.ones_like(ids)
         hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]  # (1, T, D_t5)
-        self._kept[text] = (hidden, mask)
-        if len(self._kept) > KEEP_ENCODINGS:
-            self._kept.popitem(last=False)
+        with self._lock:
+            self._kept[text] = (hidden, mask)
+            if len(self._kept) > KEEP_ENCODINGS:
+                self._kept.popitem(last=False)
         log.debug("prompt %r: %d tokens", text, ids.shape[1])
         return hidden, mask

@@ -7,6 +7,7 @@ builds one itself, and :class:`runtime.session.LiveSession` assembles the run fr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,8 +15,11 @@ from pathlib import Path
 
 from img2music.basics.errors import Img2MusicError, require
 from img2music.runtime.backends.providers import PROVIDERS
+from img2music.runtime.control.guard import LOOPBACK
 from img2music.runtime.loop.config import EngineConfig, SourceConfig
 from img2music.runtime.pipeline.encodec_choice import CHOICES
+
+log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
 
@@ -95,6 +99,15 @@ class ServerConfig:
     token_file: str | None = None
     """File holding the bearer token control requests must carry (``--http-token-file``); read
     when the session is assembled (:func:`read_token_file`), never printed or logged."""
+    allow_hosts: tuple[str, ...] = ()
+    """Host names the servers answer to beyond their bind address, ``localhost`` and IP literals
+    (``--http-allow-host``): anything else in a request's Host header is refused (DNS rebinding)."""
+    public_metrics: bool = False
+    """Off loopback without a token: serve ``/metrics``, ``/healthz`` and ``/readyz`` alone
+    (``--http-public-metrics``); without it such a bind refuses to start."""
+    reload_dir: str | None = None
+    """Bundles may be reloaded from this folder only (``--reload-dir``; default: the folder the
+    started bundle is in)."""
 
     def __post_init__(self) -> None:
         for name in ("http", "osc", "ws"):
@@ -103,6 +116,14 @@ class ServerConfig:
                    f"--{name}: not a (host, port) address: {address!r}")
         if self.token_file is not None:
             require(bool(self.http or self.ws), "--http-token-file needs --http or --ws (the token guards their control)")
+        else:
+            if self.http and self.http[0] not in LOOPBACK:
+                require(self.public_metrics, f"--http on {self.http[0]} (off loopback) needs --http-token-file, or "
+                                             "--http-public-metrics to serve /metrics, /healthz and /readyz alone")
+            if self.ws and self.ws[0] not in LOOPBACK:
+                require(False, f"--ws on {self.ws[0]} (off loopback) needs --http-token-file")
+        if self.reload_dir is not None:
+            require(Path(self.reload_dir).is_dir(), f"--reload-dir: no such directory: {self.reload_dir}")
 
     @property
     def any(self) -> bool:
@@ -133,4 +154,7 @@ def read_token_file(path: str) -> str:
         raise Img2MusicError(f"--http-token-file: cannot read {path}: {exc}") from None
     if len(token) < MIN_TOKEN_CHARS:
         raise Img2MusicError(f"--http-token-file: the token in {path} is shorter than {MIN_TOKEN_CHARS} characters")
+    mode = Path(path).stat().st_mode
+    if mode & 0o077:
+        log.warning("--http-token-file %s can be read by other users (mode %o): chmod 600 it", path, mode & 0o777)
     return token

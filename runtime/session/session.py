@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections import Counter
+from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -75,7 +78,8 @@ class LiveSession:
         self.engine = LiveEngine(
             self.pipeline, SourceThread(source, stale_after=c.source.stale_after), c.engine, self.playout, self.rate,
             fallback=fallback, report=report or print, watch=self.watch,
-            control=LiveControl if c.servers.any else None,
+            control=partial(LiveControl, reload_dir=c.servers.reload_dir or str(Path(b.engines).resolve().parent))
+            if c.servers.any else None,
             observe_step=None if self.step_latency is None else self.step_latency.observe)
         if on_engine is not None:
             on_engine(self.engine)
@@ -89,22 +93,25 @@ class LiveSession:
         """The status page / metrics / control (HTTP), OSC and WebSocket servers asked for,
         bound now and started by :meth:`run`; all share the engine's one LiveControl."""
         s, engine = self.config.servers, self.engine
-        servers = []
+        servers, refusals = [], Counter()  # one count of refusals for /metrics
         if s.http:
             from img2music.runtime.control.http_server import LiveHttpServer
 
             servers.append(LiveHttpServer(self.reporter, *s.http, provider=self.config.backend.provider,
                                           control=engine.control, token=self.token, latest_frame=engine.source.latest,
-                                          step_latency=self.step_latency))
+                                          step_latency=self.step_latency, allow_hosts=s.allow_hosts,
+                                          public_metrics=s.public_metrics, refusals=refusals))
         if s.osc:
             from img2music.runtime.control.osc_server import LiveOscServer
 
-            servers.append(LiveOscServer(engine.control, *s.osc))
+            servers.append(LiveOscServer(engine.control, *s.osc, refusals=refusals))
         if s.ws:
             from img2music.runtime.control.ws_server import LiveWebSocketServer
 
+            http_port = servers[0].address[1] if s.http else None
             servers.append(LiveWebSocketServer(self.reporter, engine.control, *s.ws, token=self.token,
-                                               latest_frame=engine.source.latest))
+                                               latest_frame=engine.source.latest, allow_hosts=s.allow_hosts,
+                                               http_port=http_port, refusals=refusals))
         return servers
 
     def run(self) -> str:
@@ -125,6 +132,8 @@ class LiveSession:
             self.watch.watch("playout", self.playout.background.thread, lambda: self.playout.beat)
             self.watch.watch("sound output", self.sink.background.thread)
             self.watch.watch("status", self.reporter.background.thread)
+            for server in self.servers:  # a control server that died ends the run (systemd restarts it)
+                self.watch.watch(f"{server.background.name} server", server.background.thread)
             self.engine.run()
         except KeyboardInterrupt:
             stopped = "stopped"
@@ -179,7 +188,7 @@ def _fallback(path: str | None) -> np.ndarray:
 
 
 def _step_latency():
-    from img2music.runtime.control.http_server import step_latency_histogram
+    from img2music.runtime.control.metrics import step_latency_histogram
 
     return step_latency_histogram()
 

@@ -20,3 +20,22 @@ def stereo_bundle(tmp_path_factory, stereo_models):
     build_bundle(root, stereo_models, report=lines.append)
     assert not any("✗" in line for line in lines)
     return root
+
+
+@pytest.fixture()
+def server():
+    """An HTTP control server on loopback over the fake engine, with a camera frame to serve."""
+    import numpy as np
+
+    from img2music.runtime.control.dispatcher import LiveControl
+    from img2music.runtime.control.http_server import LiveHttpServer
+    from tests.runtime.control_clients import reporter
+    from tests.runtime.test_live_transport import fake_engine
+
+    engine = fake_engine()
+    frame = np.full((48, 64, 3), 120, np.uint8)
+    srv = LiveHttpServer(reporter(), "127.0.0.1", 0, control=LiveControl(engine),
+                         latest_frame=lambda: (frame, 7, 0.1)).start()
+    srv.engine = engine
+    yield srv
+    srv.close()

@@ -17,6 +17,8 @@ import pytest
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from img2music.basics.errors import Img2MusicError  # noqa: E402
+from img2music.benchmarks.fault_servers import free_ports as _free_ports  # noqa: E402  (the tests import it from here)
 from img2music.runtime.control.http_server import HEALTHY_WITHIN, LiveHttpServer, parse_address  # noqa: E402
 from tests.runtime.live_runs import played_seconds  # noqa: E402
 
@@ -41,19 +43,6 @@ def _wait_ready(base: str, timeout: float = 60) -> None:
             pass  # not listening yet (the bundle is loading)
         time.sleep(0.2)
     raise AssertionError(f"{base}/readyz never said 200")
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: all held open while picking (closed one by one, the kernel
-    may hand the same port out twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _free_port() -> int:
@@ -191,11 +180,14 @@ def test_control_tokens_sizes_and_refusals():
         assert _get(url)[0] == 200 and control.settings()["changes"] == {"guidance_scale": 1, "top_k": 1}
     finally:
         server.close()
-    open_server = LiveHttpServer(reporter, "0.0.0.0", 0, control=LiveControl(engine)).start()  # no token
+    with pytest.raises(Img2MusicError, match="off loopback.*needs --http-token-file"):  # no token: no start
+        LiveHttpServer(reporter, "0.0.0.0", 0, control=LiveControl(engine))
+    open_server = LiveHttpServer(reporter, "0.0.0.0", 0, control=LiveControl(engine), public_metrics=True).start()
     try:
         code, answer = _post("http://127.0.0.1:%d/control" % open_server.address[1], {"guidance_scale": 2.0})
         assert code == 403 and "needs --http-token-file" in answer["error"]
-        assert _get("http://127.0.0.1:%d/metrics" % open_server.address[1])[0] == 200  # reads stay open
+        assert _get("http://127.0.0.1:%d/metrics" % open_server.address[1])[0] == 200  # what the flag opens
+        assert _get("http://127.0.0.1:%d/frame.jpg" % open_server.address[1])[0] == 401  # and nothing else
     finally:
         open_server.close()
 
@@ -286,7 +278,7 @@ def test_osc_messages_reach_the_control():
         control.apply_pending()
     finally:
         server.close()
-    assert server.received == 5 and server.refused == 3
+    assert server.received == 5 and server.refusals["osc"] == 3
     assert engine.sampling.guidance_scale == 5.5 and engine.sampling.top_k == 100
     assert control.settings()["changes"] == {"guidance_scale": 1, "top_k": 1}
 

@@ -63,3 +63,76 @@ def test_status_page_in_a_headless_browser(tiny_bundle, browser, tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+ATTACK = """<!doctype html><title>attack</title>
+<form id="form" method="POST" action="{base}/control" enctype="text/plain">
+<input name='{{"prompt": "evil", "x": "' value='"}}'></form>
+<script>
+const tries = [];
+tries.push(fetch("{base}/control", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+                                     body: '{{"transport": "pause"}}'}}).then(() => "no-cors sent", e => "no-cors " + e));
+tries.push(fetch("{base}/control", {{method: "POST", headers: {{"Content-Type": "application/json"}},
+                                     body: '{{"transport": "pause"}}'}}).then(r => "json " + r.status, e => "json " + e));
+tries.push(new Promise(done => {{
+  const ws = new WebSocket("{ws}/");
+  ws.onopen = () => {{ ws.send('{{"temperature": 2.5}}'); done("ws open"); }};
+  ws.onerror = () => done("ws refused");
+}}));
+Promise.all(tries).then(results => {{
+  document.title = "tried: " + results.join("; ");
+  setTimeout(() => document.getElementById("form").submit(), 300);  // last: it leaves the page
+}});
+</script>"""
+
+
+def test_a_page_of_another_origin_cannot_steer_the_music(tiny_bundle, browser, tmp_path):
+    """A page served from another local origin tries what a browser lets any page try: a
+    no-cors fetch, a JSON fetch (preflighted), a WebSocket and an auto-submitted text/plain form
+    (all seen to work before the control surface checked Origin, Host and Content-Type)."""
+    import http.server
+    import json
+    import threading
+    import time
+    import urllib.request
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port, ws_port, evil_port = _free_port(), _free_port(), _free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "runtime" / "live.py"), "--synthetic", "--engines",
+                             str(tiny_bundle), "--no-audio", "--threads", "2", "--duration", "25",
+                             "--http", str(port), "--ws", str(ws_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    page = ATTACK.format(base=base, ws=f"ws://127.0.0.1:{ws_port}").encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", evil_port), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        _wait_ready(base)
+        browser.get(f"http://127.0.0.1:{evil_port}/")
+        WebDriverWait(browser, 20).until(lambda d: d.title.startswith("tried:") or "control" in d.current_url)
+        time.sleep(1.5)  # the form's post and anything queued reach the compute thread
+        with urllib.request.urlopen(base + "/control", timeout=5) as r:
+            settings = json.loads(r.read())
+        assert settings["changes"] == {} and settings["transport"] == "playing", settings
+        assert settings["prompt"] is None and settings["sampling"]["temperature"] == 1.0
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        refused = {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("img2music_requests_refused_total")}
+        assert refused.get("content_type", 0) >= 1, refused  # the no-cors fetch and the form
+    finally:
+        evil.shutdown()
+        proc.kill()
+        proc.wait(timeout=30)

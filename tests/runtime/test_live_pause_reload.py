@@ -2,6 +2,7 @@
 over HTTP and OSC; the recording, the metrics and the summary say what was heard."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,9 @@ def test_pause_fade_out_resume_and_reload_while_playing(tiny_bundle, tmp_path):
                              "--metrics", str(metrics), "--http", str(port), "--osc", str(osc_port), "-v",
                              # a reload's loading shares the cores with the generator; 3 s ahead absorbs
                              # it on a shared CI host (1 s did not, once: one "cheaper" ladder step)
-                             "--buffer", "3"],
+                             "--buffer", "3",
+                             # the copies live beside this test, not beside the started bundle
+                             "--reload-dir", os.path.commonpath([tiny_bundle, tmp_path])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
 

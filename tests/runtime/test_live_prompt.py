@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from img2music.basics.errors import Img2MusicError
+from img2music.runtime.control.dispatcher import SPACING
 from img2music.runtime.generation.conditioning import Conditioning, with_prompt
 from img2music.runtime.loop.prompt import LivePrompt
 from img2music.runtime.loop.scene import blend
@@ -90,15 +91,22 @@ def test_prompts_change_while_playing(tiny_bundle, tmp_path):
             assert code == 400 and message in answer["error"], (bad, answer)
         assert control()["changes"] == {}
         assert _post(base + "/control", {"prompt": "fast techno drums", "prompt_weight": 3})[0] == 202
+        accepted = time.monotonic()
         until(lambda c: c["prompt"] == "fast techno drums" and c["prompt_weight"] == 3.0, "the new prompt")
         in_metrics("fast techno drums")
 
         from pythonosc.udp_client import SimpleUDPClient
 
+        def spaced() -> None:  # prompt changes are taken once a second (SPACING): a sooner one is refused
+            time.sleep(max(0.0, accepted + SPACING["prompt"] + 0.1 - time.monotonic()))
+
         osc = SimpleUDPClient("127.0.0.1", osc_port)
+        spaced()
         osc.send_message("/img2music/prompt_clear", [])
+        accepted = time.monotonic()
         until(lambda c: c["prompt"] is None, "the prompt cleared over OSC")
         in_metrics(None)
+        spaced()
         osc.send_message("/img2music/prompt", "ambient drone")
         final = until(lambda c: c["prompt"] == "ambient drone", "the prompt set over OSC")
         out, err = proc.communicate(timeout=90)

@@ -8,6 +8,7 @@ PulseAudio null sink, whose monitor must hear two different, non-silent channels
 run would give it the same signal twice)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,7 +217,8 @@ def test_stereo_live_from_a_still_image_with_pause_and_reload(stereo_bundle, tin
     # music); a reload's loading shares the cores for ~3 s, which a 3 s buffer absorbs
     proc = _live("--images", str(folder), "--interval", "1000", "--engines", str(stereo_bundle), "--no-audio",
                  "--threads", "2", "--duration", str(duration), "--record", str(wav), "--metrics", str(metrics),
-                 "--http", str(port), "--buffer", "3")
+                 "--http", str(port), "--buffer", "3",
+                 "--reload-dir", os.path.commonpath([stereo_bundle, tiny_bundle, tmp_path]))
     base = f"http://127.0.0.1:{port}"
 
     def until(what: str, condition, timeout: float = 30.0) -> None:

@@ -244,7 +244,7 @@ def test_osc_pause_resume_fade_and_bundle(tiny_bundle, tmp_path):
         _until(lambda: server.received == len(sent), timeout=5)
     finally:
         server.close()
-    assert server.refused == 3  # fade_out out of range, no such bundle, fade_out without seconds
+    assert server.refusals["osc"] == 3  # fade_out out of range, no such bundle, fade_out without seconds
     assert control.settings()["changes"] == {"fade_out": 1, "transport": 2, "bundle": 1}
     control.apply_pending()
     assert started == [str(tiny_bundle.resolve())]
