@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import threading
 import time
+from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
 from img2music.runtime.control.requests import bearer
@@ -91,12 +92,14 @@ class Guard:
     """The policy of one server (HTTP or WebSocket) bound to ``host``; see the module docstring."""
 
     def __init__(self, host: str, port: int, token: str | None, allow_hosts: tuple[str, ...] = (),
-                 public_metrics: bool = False, clock=time.monotonic) -> None:
+                 public_metrics: bool = False, clock=time.monotonic, refusals: Counter | None = None) -> None:
         self.host, self.port, self.token = host, port, token
         self.loopback = host in LOOPBACK
         self.public_metrics = public_metrics
         self.hosts = {h.lower() for h in (host, "localhost", *allow_hosts)}
         self.clock = clock
+        self.refusals = refusals if refusals is not None else Counter()
+        """Refused requests by reason: one Counter for a run's servers (the metrics read it)."""
         self._lock = threading.Lock()
         self._logged: dict[str, float] = {}
 
@@ -140,8 +143,9 @@ class Guard:
             return None
         return 401, "this read needs the token off loopback (Authorization: Bearer TOKEN or ?token=)"
 
-    def note_refusal(self, client: str, why: str) -> None:
-        """Log a refusal, at most once per second per client (the servers count them)."""
+    def refuse(self, reason: str, client: str, why: str) -> None:
+        """Count a refusal under ``reason``, and log it at most once per second per client."""
+        self.refusals[reason] += 1
         now = self.clock()
         with self._lock:
             last = self._logged.get(client)

@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from img2music.basics.background import BackgroundThread
 from img2music.basics.errors import Img2MusicError
-from img2music.runtime.control.guard import LOOPBACK, ClientPace, ConnectionSlots, Guard, loggable
+from img2music.runtime.control.guard import ClientPace, ConnectionSlots, Guard, loggable
 from img2music.runtime.control.metrics import LiveCollector, ScrapeCache, _prometheus, step_latency_histogram
 from img2music.runtime.control.page import frame_jpeg, page_event, page_html
 
@@ -189,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             server.event_slots.give()
 
     def _refuse(self, reason: str, code: int, why: str) -> None:
-        self.live.note_refusal(reason, self.client_address[0], why)
+        self.live.guard.refuse(reason, self.client_address[0], why)
         self._json(code, {"error": why})
 
     def _json(self, code: int, answer: dict) -> None:
@@ -317,12 +317,12 @@ class LiveHttpServer:
         self.reporter, self.control, self.token, self.clock = reporter, control, token, clock
         self.latest_frame = latest_frame or (lambda: (None, 0, float("inf")))
         """() -> (RGB frame or None, frame id, age): the source's newest frame."""
-        self.guard = Guard(host, port, token, allow_hosts, public_metrics)
-        self.loopback = host in LOOPBACK
+        self.guard = Guard(host, port, token, allow_hosts, public_metrics, refusals=refusals)
+        self.loopback = self.guard.loopback
         if not self.loopback and token is None and not public_metrics:
             raise Img2MusicError(f"--http on {host} (off loopback) needs --http-token-file, or "
                                  "--http-public-metrics to serve /metrics, /healthz and /readyz alone")
-        self.refusals = refusals if refusals is not None else Counter()
+        self.refusals = self.guard.refusals
         """Refused requests by reason, shared with the OSC and WebSocket servers of the run (metrics)."""
         self.closing = threading.Event()
         """Set by :meth:`close`: ends the event streams."""
@@ -338,7 +338,7 @@ class LiveHttpServer:
         self._frame_cache = (None, b"")
         try:
             self.httpd = _BoundedServer((host, port), type("Handler", (_Handler,), {"live": self}),
-                                        self.connection_slots, self.note_refusal, ClientPace(RATE, BURST))
+                                        self.connection_slots, self.guard.refuse, ClientPace(RATE, BURST))
         except OSError as exc:
             raise Img2MusicError(f"--http: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.address = self.httpd.server_address[:2]
@@ -353,10 +353,6 @@ class LiveHttpServer:
         log.warning("serving the status page, /metrics, /healthz and /readyz on http://%s:%d%s",
                     f"[{host}]" if ":" in host else host, port, where)
         return self
-
-    def note_refusal(self, reason: str, client: str, why: str) -> None:
-        self.refusals[reason] += 1
-        self.guard.note_refusal(client, why)
 
     def frame_jpeg(self) -> bytes:
         """The newest frame as a JPEG thumbnail, encoded once per frame."""
@@ -376,7 +372,7 @@ class LiveHttpServer:
         source = f"http {client}"
         refused = refusal(self.token, self.guard.token_given(headers, path), self.loopback)
         if refused is not None:
-            self.note_refusal("token", client, refused[1])
+            self.guard.refuse("token", client, refused[1])
             return refused[0], {"error": refused[1]}  # the body is not read
         try:
             length = int(headers.get("Content-Length", ""))

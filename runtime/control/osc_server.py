@@ -82,9 +82,9 @@ class LiveOscServer:
             raise Img2MusicError("--osc needs python-osc: pip install 'img2music[live]'") from None
         self.control = control
         self.received = 0
-        self.refusals = refusals if refusals is not None else Counter()
-        """Refused messages (``osc``), shared with the run's HTTP server's metrics."""
-        self.guard = Guard(host, port, None)  # for its rate-limited refusal log
+        self.guard = Guard(host, port, None, refusals=refusals)  # for its counted, rate-limited refusals
+        self.refusals = self.guard.refusals
+        """Refused messages (``osc...``), shared with the run's HTTP server's metrics."""
         pace = self.pace = ClientPace(RATE, int(RATE))
         refusals, guard = self.refusals, self.guard
 
@@ -99,8 +99,7 @@ class LiveOscServer:
                 return True
 
             def handle_error(self, request, client_address) -> None:  # not socketserver's traceback
-                refusals["osc"] += 1
-                guard.note_refusal(f"osc {client_address[0]}", f"the datagram failed: {sys.exc_info()[1]!r}")
+                guard.refuse("osc", f"osc {client_address[0]}", f"the datagram failed: {sys.exc_info()[1]!r}")
 
         dispatcher = Dispatcher()
         dispatcher.set_default_handler(self._handle, needs_reply_address=True)
@@ -141,8 +140,7 @@ class LiveOscServer:
                 body = {name: args[0]}
             self.control.submit(body, source="osc")
         except ControlError as exc:  # a desk sending a wrong fader 30 times a second: a line a second
-            self.refusals["osc"] += 1
-            self.guard.note_refusal(f"osc {sender[0]}", f"{loggable(address, 80)}: {exc}")
+            self.guard.refuse("osc", f"osc {sender[0]}", f"{loggable(address, 80)}: {exc}")
 
     def close(self) -> None:
         self.background.stop()

@@ -61,7 +61,7 @@ class LiveWebSocketServer:
             raise Img2MusicError("--ws needs websockets: pip install 'img2music[live]'") from None
         self.reporter, self.control, self.token = reporter, control, token
         self.latest_frame = latest_frame or (lambda: (None, 0, float("inf")))
-        self.guard = Guard(host, port, token, allow_hosts)
+        self.guard = Guard(host, port, token, allow_hosts, refusals=refusals)
         self.loopback = self.guard.loopback
         if not self.loopback and token is None:
             raise Img2MusicError(f"--ws on {host} (off loopback) needs --http-token-file")
@@ -70,7 +70,7 @@ class LiveWebSocketServer:
         self.sockets = ConnectionSlots(MAX_SOCKETS, MAX_SOCKETS_PER_CLIENT)
         self.accepts, self.pace = ClientPace(RATE, BURST), ClientPace(RATE, BURST)
         """Connections and messages per client, each paced on its own."""
-        self.refusals = refusals if refusals is not None else Counter()
+        self.refusals = self.guard.refusals
         """Refusals by reason (``ws_...``), shared with the run's HTTP server's metrics."""
         self._closing = threading.Event()
         try:
@@ -98,8 +98,7 @@ class LiveWebSocketServer:
             why = "sockets", (f"{MAX_SOCKETS} WebSocket connections are open already, or "
                               f"{MAX_SOCKETS_PER_CLIENT} from this client: closed")
         if why is not None:
-            self.refusals["ws_" + why[0]] += 1
-            self.guard.note_refusal(client, why[1])
+            self.guard.refuse("ws_" + why[0], client, why[1])
             sock.close()
             handle(sock, address)  # on a closed socket it ends at once, and unregisters its thread
             return
@@ -133,15 +132,13 @@ class LiveWebSocketServer:
             why = ("token", 401, "off loopback the token is needed (?token= or Authorization: Bearer)")
         if why is None:
             return None
-        self.refusals["ws_" + why[0]] += 1
-        self.guard.note_refusal(client, why[2])
+        self.guard.refuse("ws_" + why[0], client, why[2])
         return connection.respond(why[1], why[2] + "\n")
 
     def _handle(self, connection) -> None:
         client = connection.remote_address[0]
         if not self.slots.take():
-            self.refusals["ws_clients"] += 1
-            self.guard.note_refusal(client, f"{MAX_CLIENTS} WebSocket clients are connected already")
+            self.guard.refuse("ws_clients", client, f"{MAX_CLIENTS} WebSocket clients are connected already")
             connection.close(TRY_AGAIN_LATER, "too many clients")
             return
         request = connection.request
@@ -156,13 +153,11 @@ class LiveWebSocketServer:
                 except TimeoutError:
                     continue
                 if not self._paced(client):
-                    self.refusals["ws_pace"] += 1
-                    self.guard.note_refusal(client, f"over {RATE:g} messages a second: closed")
+                    self.guard.refuse("ws_pace", client, f"over {RATE:g} messages a second: closed")
                     connection.close(POLICY_VIOLATION, "too many messages")
                     return
                 if refused is not None:
-                    self.refusals["ws_token"] += 1
-                    self.guard.note_refusal(client, refused[1])
+                    self.guard.refuse("ws_token", client, refused[1])
                 status, reply = answer(self.control, message, refused, f"websocket {client}")
                 connection.send(json.dumps({"type": "answer", "status": status, **reply}))
         except Exception as exc:  # the client went away (ConnectionClosed) or sent a frame too large
