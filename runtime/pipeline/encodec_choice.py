@@ -58,11 +58,13 @@ def known_front(choice: str, cache, chunk: int, has_int8: bool) -> str | None:
     return ENCODEC_FRONT_INT8 if kept["int8_ms_per_s"] < kept["float32_ms_per_s"] else FLOAT32_FRONT
 
 
-def choose_front(sessions: dict, model, choice: str, cache=None, chunk: int = 25) -> tuple[str, dict]:
-    """(graph name, what decided it) for ``choice`` in :data:`CHOICES`."""
+def choose_front(sessions: dict, model, choice: str, has_int8: bool, cache=None,
+                 chunk: int = 25) -> tuple[str, dict]:
+    """(graph name, what decided it) for ``choice`` in :data:`CHOICES`; ``has_int8``: the bundle
+    has the int8 front for this provider (``sessions`` may hold one front only: the one
+    :func:`known_front` knew)."""
     if choice not in CHOICES:
         raise Img2MusicError(f"unknown EnCodec choice {choice!r}; choose one of {', '.join(CHOICES)}")
-    has_int8 = ENCODEC_FRONT_INT8 in sessions or (choice == "auto" and FLOAT32_FRONT not in sessions)
     if choice == "float32" or (choice == "auto" and not has_int8):
         return FLOAT32_FRONT, {"front": "float32", "why": "asked" if choice == "float32" else "no int8 front"}
     if not has_int8:

@@ -72,7 +72,7 @@ class OnnxPipeline:
         self.sessions = sessions.graphs
         self.decoder = sessions.decoder
         self.encodec_front, self.encodec_choice = choose_front(
-            self.sessions, self.bundle.model, o.encodec, self.host_cache if o.encodec == "auto" else None,
+            self.sessions, self.bundle.model, o.encodec, has_int8, self.host_cache if o.encodec == "auto" else None,
             o.encodec_chunk)
         """The streaming EnCodec front in use, and what decided it (``runtime.pipeline.encodec_choice``)."""
         text = self.bundle.model.text

@@ -152,3 +152,28 @@ def test_encodec_auto_measures_both_fronts_once_and_float32_is_the_default(tiny_
     assert OnnxPipeline.load(tiny_bundle, threads=2, encodec="int8").encodec_front == "encodec_stream_front_int8"
     with pytest.raises(Img2MusicError, match="unknown EnCodec choice"):
         OnnxPipeline.load(tiny_bundle, threads=2, encodec="fast")
+
+
+@pytest.mark.parametrize("int8_ms", [50.0, 200.0])  # int8 faster, then float32 faster
+def test_a_kept_choice_of_either_front_is_reported_as_kept(tiny_bundle, tmp_path, monkeypatch, int8_ms):
+    """Once float32 was measured faster, the next start opens the float32 front alone: it said
+    "no int8 front" then (a CI run where float32 happened to win), not "cached"."""
+    from img2music.runtime import OnnxPipeline
+    from img2music.runtime.pipeline import encodec_choice
+
+    monkeypatch.setenv("IMG2MUSIC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(encodec_choice, "stream_ms_per_second",
+                        lambda front, back, model, chunk: int8_ms if front is fronts["int8"] else 100.0)
+    fronts = {}
+    real_choose = encodec_choice.choose_front
+
+    def choose(sessions, *args, **kwargs):
+        fronts["int8"] = sessions.get(encodec_choice.ENCODEC_FRONT_INT8)
+        return real_choose(sessions, *args, **kwargs)
+
+    monkeypatch.setattr("img2music.runtime.pipeline.onnx_pipeline.choose_front", choose)
+    front = "int8" if int8_ms < 100 else "float32"
+    first = OnnxPipeline.load(tiny_bundle, threads=2, encodec="auto").encodec_choice
+    assert (first["why"], first["front"]) == ("measured", front)
+    again = OnnxPipeline.load(tiny_bundle, threads=2, encodec="auto").encodec_choice
+    assert (again["why"], again["front"]) == ("cached", front)
